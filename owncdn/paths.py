@@ -1,0 +1,40 @@
+"""
+The one place that decides whether a file path is acceptable.
+"""
+
+from owncdn.errors import InvalidPath
+
+MAX_PATH_BYTES = 1024
+
+
+def normalize_path(raw: str) -> str:
+    """
+    Validate a client-supplied file path and return it without its
+    leading C{/}.
+
+    @raise InvalidPath: for C{.} or C{..} segments, NUL or other control
+        characters, an empty path, or more than 1024 bytes of UTF-8.
+    """
+    path = raw[1:] if raw.startswith("/") else raw
+    if not path:
+        raise InvalidPath("the path is empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise InvalidPath("the path contains a control character")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPath("the path is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise InvalidPath(f"the path is longer than {MAX_PATH_BYTES} bytes")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidPath("the path contains a '.' or '..' segment")
+    return path
+
+
+def fold_case(path: str) -> str:
+    """
+    The lookup form of a path on a case-insensitive service: the part
+    before C{?} lower-cased, the query kept as it is.
+    """
+    head, sep, query = path.partition("?")
+    return head.lower() + sep + query

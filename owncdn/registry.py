@@ -1,0 +1,97 @@
+"""
+The running services by ID, and how each service type is built.
+"""
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from owncdn.config import Config, ConfigError, ServiceConfig
+from owncdn.errors import NoSuchService
+
+# Service type -> module with a build(service_config, context) function.
+# api and public are web entry points, not file services; they are built
+# by the web layer.
+SERVICE_MODULES = {
+    "storage": "owncdn.services.storage",
+}
+
+
+@dataclass
+class ServiceContext:
+    """
+    What a service factory may use: the data folder, the reactor, the
+    whole configuration and the registry (to find its source service).
+    """
+
+    data_dir: Path
+    reactor: Any
+    config: Config
+    registry: "ServiceRegistry"
+
+
+class ServiceRegistry:
+    """
+    The file services of this daemon, by service ID.
+    """
+
+    def __init__(self):
+        self._services: dict[str, Any] = {}
+
+    def add(self, sid: str, service) -> None:
+        self._services[sid] = service
+
+    def get(self, sid: str):
+        """
+        @raise NoSuchService: no file service has this ID.
+        """
+        try:
+            return self._services[sid]
+        except KeyError:
+            raise NoSuchService(f"no service {sid!r}") from None
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._services
+
+    def items(self):
+        return self._services.items()
+
+
+def _build_order(config: Config) -> list[ServiceConfig]:
+    """
+    File services ordered so that each comes after its source.
+    """
+    by_id = {s.id: s for s in config.services}
+    ordered: list[ServiceConfig] = []
+
+    def visit(service: ServiceConfig):
+        if service in ordered:
+            return
+        source = service.options.get("source")
+        if source is not None:
+            visit(by_id[source])
+        ordered.append(service)
+
+    for service in config.services:
+        if service.type not in ("api", "public"):
+            visit(service)
+    return ordered
+
+
+def build_services(context: ServiceContext) -> None:
+    """
+    Build every file service of C{context.config} into
+    C{context.registry}, sources first.
+
+    @raise ConfigError: a service type this version cannot run.
+    """
+    for service_config in _build_order(context.config):
+        module_name = SERVICE_MODULES.get(service_config.type)
+        if module_name is None:
+            raise ConfigError(
+                f"services ({service_config.id}).type: {service_config.type} "
+                "services are not available in this version"
+            )
+        module = importlib.import_module(module_name)
+        context.registry.add(service_config.id, module.build(service_config, context))

@@ -1,0 +1,51 @@
+"""
+What the web layer needs of the running daemon, in one object.
+"""
+
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from owncdn import config as configmod
+from owncdn.keys import KeyRing
+from owncdn.registry import ServiceRegistry
+
+log = Logger()
+
+
+class DaemonState:
+    """
+    The configuration, API keys and file services of this daemon.
+
+    Keys and replication sources are swapped in place by L{reload}
+    (SIGHUP); services are built once at start, so changing them needs a
+    restart.
+    """
+
+    def __init__(self, data_dir: Path, config: configmod.Config, registry: ServiceRegistry):
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self.registry = registry
+        self.keys = KeyRing(config.keys)
+
+    def reload(self) -> None:
+        """
+        Re-read C{owncdn.json} and take its keys and replication sources.
+        An invalid file is logged and ignored: the daemon keeps serving
+        with what it had.
+        """
+        try:
+            fresh = configmod.load(self.data_dir)
+        except configmod.ConfigError as e:
+            log.error("configuration not reloaded: {error}", error=str(e))
+            return
+        self.keys = KeyRing(fresh.keys)
+        self.config.keys = fresh.keys
+        self.config.sources = fresh.sources
+        changed = [s.id for s in fresh.services
+                   if (old := self.config.service(s.id)) is None or old.raw != s.raw]
+        changed += [s.id for s in self.config.services if fresh.service(s.id) is None]
+        if changed:
+            log.warn("services changed ({sids}): restart the daemon to apply that",
+                     sids=", ".join(changed))
+        log.info("configuration reloaded: {keys} keys", keys=len(fresh.keys))

@@ -1,0 +1,52 @@
+"""
+The root resource: picks standard mode, S3 mode or a public binding
+from the request, the way C{twisted.web.vhost.NameVirtualHost} picks a
+virtual host.
+"""
+
+from twisted.web.resource import NoResource, Resource
+
+from owncdn.web.cors import Preflight
+from owncdn.web.public import PublicBinding, matches_host_port
+from owncdn.web.s3 import S3API
+from owncdn.web.site import is_s3_request
+from owncdn.web.standard import StandardAPI
+
+
+class Dispatcher(Resource):
+    """
+    Every child is a leaf that reads the whole C{request.path}, so the
+    segment Twisted already moved to C{prepath} is put back first.
+    """
+
+    def __init__(self, state):
+        super().__init__()
+        config = state.config
+        api = config.service("api").options
+        self.api_host, self.api_port = api["host"], api["port"]
+        self.api_cors = api["cors"]
+        self.standard = StandardAPI(state, cors=self.api_cors)
+        self.s3 = S3API(state)
+        self.preflight = Preflight(b"GET, HEAD, PUT, POST, DELETE, OPTIONS", "api")
+        self.public = [PublicBinding(s, state) for s in config.services if s.type == "public"]
+        self.not_found = NoResource("No such resource.")
+
+    def _is_api_preflight(self, request) -> bool:
+        if not self.api_cors or request.method != b"OPTIONS":
+            return False
+        asked = (request.getHeader(b"access-control-request-headers") or b"").lower()
+        return b"x-owncdn-key" in asked or b"x-amz-" in asked or b"authorization" in asked
+
+    def getChildWithDefault(self, path, request):
+        request.postpath.insert(0, request.prepath.pop())
+        if matches_host_port(request, self.api_host, self.api_port):
+            if request.requestHeaders.hasHeader(b"x-owncdn-key"):
+                return self.standard
+            if is_s3_request(request):
+                return self.s3
+            if self._is_api_preflight(request):
+                return self.preflight
+        for binding in self.public:
+            if binding.matches(request):
+                return binding
+        return self.not_found

@@ -1,0 +1,271 @@
+"""
+Sending one file version as an HTTP response: validators, conditional
+requests, a single byte range, the stored Brotli coding, and a pull
+producer that streams the body one block at a time.
+
+Standard mode, S3 mode and public bindings all answer with this.
+"""
+
+import calendar
+from email.utils import formatdate, parsedate
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer
+from zope.interface import implementer
+
+from owncdn.interfaces import FileInfo
+
+BLOCK = 1024 * 1024
+
+
+def http_date(seconds: float) -> bytes:
+    return formatdate(seconds, usegmt=True).encode("ascii")
+
+
+def parse_http_date(value: bytes | None) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate(value.decode("latin-1"))
+    except (TypeError, ValueError):
+        return None
+    if parsed is None:
+        return None
+    return float(calendar.timegm(parsed))
+
+
+def quoted_etag(info: FileInfo) -> bytes:
+    return b'"' + info.etag.encode("ascii") + b'"'
+
+
+def _etag_matches(header: bytes, info: FileInfo) -> bool:
+    if header.strip() == b"*":
+        return True
+    wanted = info.etag.encode("ascii")
+    for candidate in header.split(b","):
+        candidate = candidate.strip()
+        if candidate.startswith(b"W/"):
+            candidate = candidate[2:]
+        if candidate.strip(b'"') == wanted:
+            return True
+    return False
+
+
+def precondition_status(request, info: FileInfo) -> int | None:
+    """
+    The status that the request's conditional headers call for, per RFC
+    9110 section 13.2.2: 412 for a failed C{If-Match} /
+    C{If-Unmodified-Since}, 304 for C{If-None-Match} /
+    C{If-Modified-Since} on an unchanged file; else C{None}.
+    """
+    headers = request.requestHeaders
+    modified = int(info.modified)
+    if_match = headers.getRawHeaders(b"if-match", [None])[0]
+    if if_match is not None:
+        if not _etag_matches(if_match, info):
+            return 412
+    else:
+        since = parse_http_date(headers.getRawHeaders(b"if-unmodified-since", [None])[0])
+        if since is not None and modified > since:
+            return 412
+    if_none_match = headers.getRawHeaders(b"if-none-match", [None])[0]
+    if if_none_match is not None:
+        if _etag_matches(if_none_match, info):
+            return 304
+    elif request.method in (b"GET", b"HEAD"):
+        since = parse_http_date(headers.getRawHeaders(b"if-modified-since", [None])[0])
+        if since is not None and modified <= since:
+            return 304
+    return None
+
+
+class Unsatisfiable(Exception):
+    """
+    The range lies wholly outside the file.
+    """
+
+
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """
+    The one byte range C{[start, end)} a C{Range} header asks for.
+
+    A missing, malformed or multi-range header gives C{None}: the whole
+    file is sent, as RFC 9110 allows.  Serving a single range only keeps
+    a many-part header from inflating a small file into a huge response.
+
+    @raise Unsatisfiable: the range starts past the end of the file.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.partition(b"=")
+    if unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash or not (first.isdigit() or first == b"") or not (last.isdigit() or last == b""):
+        return None
+    if first == b"":
+        if last == b"":
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable()
+        return max(0, size - suffix), size
+    start = int(first)
+    end = int(last) + 1 if last else size
+    if end <= start:
+        return None
+    if start >= size:
+        raise Unsatisfiable()
+    return start, min(end, size)
+
+
+def accepts_encoding(request, coding: bytes) -> bool:
+    """
+    Whether C{Accept-Encoding} names C{coding} with a non-zero quality.
+    """
+    for header in request.requestHeaders.getRawHeaders(b"accept-encoding", []):
+        for item in header.split(b","):
+            name, _, params = item.strip().partition(b";")
+            if name.strip().lower() == coding:
+                params = params.replace(b" ", b"")
+                return not (params.startswith(b"q=0") and params.strip(b"q=0.") == b"")
+    return False
+
+
+@implementer(IPullProducer)
+class BodyProducer:
+    """
+    Streams C{[start, end)} of a body into a request, one block per
+    C{resumeProducing}, so memory stays at one block whatever the size.
+
+    @ivar done: fires when the last byte was written, or fails when the
+        body ended early or the body read failed.
+    """
+
+    def __init__(self, request, body, start: int, end: int):
+        self._request = request
+        self._body = body
+        self._position = start
+        self._end = end
+        self._reading = False
+        self._stopped = False
+        self.done = defer.Deferred(lambda _: self.stopProducing())
+
+    def start(self) -> defer.Deferred:
+        self._request.registerProducer(self, False)
+        return self.done
+
+    def resumeProducing(self):
+        if self._reading or self._stopped:
+            return
+        self._reading = True
+        length = min(BLOCK, self._end - self._position)
+        self._body.read(self._position, length).addCallbacks(self._got, self._failed)
+
+    def _got(self, data: bytes):
+        self._reading = False
+        if self._stopped:
+            return
+        if not data:
+            self._failed(IOError("the body ended before its announced size"))
+            return
+        self._position += len(data)
+        self._request.write(data)
+        if self._position >= self._end:
+            self._stopped = True
+            self._request.unregisterProducer()
+            self.done.callback(None)
+
+    def _failed(self, reason):
+        self._reading = False
+        if self._stopped:
+            return
+        self._stopped = True
+        self._request.unregisterProducer()
+        self.done.errback(reason)
+
+    def stopProducing(self):
+        self._stopped = True
+
+
+async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = None,
+                    *, allow_br: bool = True) -> None:
+    """
+    Answer C{request} with C{body}, honouring conditional headers, a
+    single C{Range} and C{Accept-Encoding: br}, then finish the request.
+
+    The body is closed when done.  A body that fails mid-way aborts the
+    connection (the client sees a short response, never a wrong one).
+    """
+    info: FileInfo = body.info
+    try:
+        for name, value in (extra_headers or {}).items():
+            request.setHeader(name, value)
+        request.setHeader(b"etag", quoted_etag(info))
+        request.setHeader(b"last-modified", http_date(info.modified))
+        request.setHeader(b"accept-ranges", b"bytes")
+        status = precondition_status(request, info)
+        if status is not None:
+            request.setResponseCode(status)
+            if status == 412:
+                request.setHeader(b"content-type", b"text/plain")
+                request.setHeader(b"content-length", b"0")
+            request.finish()
+            return
+        request.setHeader(b"content-type", info.content_type.encode("latin-1", "replace"))
+        range_header = request.getHeader(b"range")
+        alternate = body.alternate("br") if allow_br else None
+        if alternate is not None:
+            request.setHeader(b"vary", b"Accept-Encoding")
+        if alternate is not None and range_header is None and accepts_encoding(request, b"br"):
+            body.close()
+            body = alternate
+            request.setHeader(b"content-encoding", b"br")
+        elif alternate is not None:
+            alternate.close()
+        size = body.info.size
+        try:
+            byte_range = parse_range(range_header, size)
+        except Unsatisfiable:
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+            return
+        start, end = byte_range or (0, size)
+        if byte_range is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end - 1, size))
+        request.setHeader(b"content-length", b"%d" % (end - start))
+        if request.method == b"HEAD" or start == end:
+            request.finish()
+            return
+        if end - start <= BLOCK:
+            await _send_small(request, body, start, end)
+        else:
+            await BodyProducer(request, body, start, end).start()
+        request.finish()
+    except defer.CancelledError:
+        raise
+    except BaseException:
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+            return
+        raise
+    finally:
+        body.close()
+
+
+async def _send_small(request, body, start: int, end: int) -> None:
+    """
+    Small bodies skip the producer: usually a single already-fired read.
+    """
+    parts = []
+    position = start
+    while position < end:
+        data = await body.read(position, end - position)
+        if not data:
+            raise IOError("the body ended before its announced size")
+        parts.append(data)
+        position += len(data)
+    request.write(b"".join(parts) if len(parts) > 1 else parts[0])

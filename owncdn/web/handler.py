@@ -1,0 +1,49 @@
+"""
+The base of every leaf resource that answers asynchronously.
+
+C{render} starts the C{async def handle} coroutine, returns
+C{NOT_DONE_YET}, and cancels the coroutine when the client goes away;
+errors become the mode's own error response, never a traceback.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from owncdn.errors import OwnCDNError
+
+log = Logger()
+
+
+class AsyncResource(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        d = defer.Deferred.fromCoroutine(self._run(request))
+        if not d.called:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
+        return NOT_DONE_YET
+
+    async def _run(self, request):
+        try:
+            await self.handle(request)
+        except defer.CancelledError:
+            return
+        except OwnCDNError as error:
+            if not request.finished and not request._disconnected:
+                self.send_error(request, error)
+        except Exception:
+            log.failure("error answering {method} {uri}",
+                        method=request.method, uri=request.uri)
+            if not request.finished and not request._disconnected:
+                if request.startedWriting:
+                    request.channel.transport.abortConnection()
+                else:
+                    self.send_error(request, OwnCDNError("internal error"))
+
+    async def handle(self, request) -> None:
+        raise NotImplementedError
+
+    def send_error(self, request, error: OwnCDNError) -> None:
+        raise NotImplementedError

@@ -1,0 +1,98 @@
+"""
+Public HTTP bindings: unauthenticated GET/HEAD access to a source
+service, matched by host, port and path prefix.
+"""
+
+from urllib.parse import unquote_to_bytes
+
+from owncdn import errors
+from owncdn.config import ServiceConfig
+from owncdn.paths import normalize_path
+from owncdn.web.cors import answer_preflight
+from owncdn.web.fileresponse import send_file
+from owncdn.web.handler import AsyncResource
+
+
+def request_host(request) -> str:
+    host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def matches_host_port(request, host: str | None, port: int | None) -> bool:
+    if port is not None and request.getHost().port != port:
+        return False
+    return host is None or request_host(request) == host
+
+
+class PublicBinding(AsyncResource):
+    """
+    One C{public} service: strips C{pathPrefix}, prepends C{sourcePath}
+    and serves the file from the source service.
+    """
+
+    def __init__(self, service_config: ServiceConfig, state):
+        super().__init__()
+        self.sid = service_config.id
+        self.options = service_config.options
+        self.state = state
+        self.prefix = self.options["pathPrefix"].encode("utf-8")
+        if not self.prefix.endswith(b"/"):
+            self.prefix += b"/"
+
+    def matches(self, request) -> bool:
+        path = request.path
+        if not (path.startswith(self.prefix) or path + b"/" == self.prefix):
+            return False
+        return matches_host_port(request, self.options["host"], self.options["port"])
+
+    def _source_path(self, request) -> str:
+        raw = request.path[len(self.prefix):]
+        try:
+            path = unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.InvalidPath("the path is not valid UTF-8") from None
+        source_path = self.options["sourcePath"]
+        if source_path:
+            path = source_path + "/" + path
+        path = normalize_path(path)
+        query = b"" if self.options["removeQuery"] else request.uri.partition(b"?")[2]
+        if self.options["appendWebp"]:
+            accept = request.getHeader(b"accept") or b""
+            webp = b"webp=1" if b"image/webp" in accept else b"webp=0"
+            query = query + b"&" + webp if query else webp
+        if query:
+            path += "?" + query.decode("utf-8", "replace")
+        return path
+
+    async def handle(self, request):
+        request.logged_service = self.sid
+        if self.options["cors"]:
+            if request.method == b"OPTIONS":
+                answer_preflight(request, b"GET, HEAD, OPTIONS")
+                request.finish()
+                return
+            request.setHeader(b"access-control-allow-origin", b"*")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            raise errors.MethodNotAllowed("only GET and HEAD")
+        path = self._source_path(request)
+        source = self.state.registry.get(self.options["source"])
+        body = await source.get(path)
+        headers = {}
+        if self.options["clientCacheSeconds"]:
+            headers[b"cache-control"] = b"public, max-age=%d" % self.options["clientCacheSeconds"]
+        await send_file(request, body, headers)
+
+    def send_error(self, request, error):
+        status = error.status if error.status < 500 else 502
+        if isinstance(error, (errors.NoSuchFile, errors.NoSuchVersion, errors.InvalidPath)):
+            status = 404 if not isinstance(error, errors.InvalidPath) else 400
+        body = b"" if request.method == b"HEAD" else (
+            f"{status} {error.code}\n".encode())
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()

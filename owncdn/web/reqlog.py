@@ -1,0 +1,51 @@
+"""
+The last requests of an api or public service, for C{reqlist}.
+"""
+
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+MAX_ENTRIES = 100
+
+
+def rfc3339(seconds: float) -> str:
+    """
+    An RFC 3339 UTC timestamp with millisecond precision.
+    """
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+class RequestLog:
+    """
+    A ring of the last L{MAX_ENTRIES} finished requests.  Entries hold
+    the URL as the client sent it and never any header, so no key value
+    can leak through C{reqlist}.
+    """
+
+    def __init__(self):
+        self._entries: deque = deque(maxlen=MAX_ENTRIES)
+
+    def record(self, request) -> None:
+        address = request.getClientAddress()
+        self._entries.append((
+            time.time(),
+            getattr(address, "host", ""),
+            request.method.decode("latin-1"),
+            request.uri.decode("latin-1"),
+            request.code,
+            request.sentLength,
+            (time.monotonic() - request.started) * 1000 if request.started else 0.0,
+        ))
+
+    def latest(self, limit: int) -> list[dict]:
+        """
+        The newest C{limit} entries, newest first, in C{reqlist} form.
+        """
+        entries = list(self._entries)[-limit:] if limit else []
+        return [
+            {"time": rfc3339(t), "remote": remote, "method": method, "url": url,
+             "status": status, "bytes": size, "ms": round(ms, 3)}
+            for t, remote, method, url, status, size, ms in reversed(entries)
+        ]

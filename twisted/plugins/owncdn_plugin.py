@@ -1,0 +1,5 @@
+from twisted.application.service import ServiceMaker
+
+OwnCDN = ServiceMaker(
+    "OwnCDN", "owncdn.tap", "Self-hosted CDN node and object store", "owncdn"
+)
