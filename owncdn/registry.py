@@ -15,6 +15,11 @@ from owncdn.errors import NoSuchService
 # by the web layer.
 SERVICE_MODULES = {
     "storage": "owncdn.services.storage",
+    "memorycache": "owncdn.services.memorycache",
+    "diskcache": "owncdn.services.diskcache",
+    "filesystem": "owncdn.services.filesystem",
+    "httpfetcher": "owncdn.services.httpfetcher",
+    "imageoptimizer": "owncdn.services.imageoptimizer",
 }
 
 
@@ -87,11 +92,11 @@ def build_services(context: ServiceContext) -> None:
     @raise ConfigError: a service type this version cannot run.
     """
     for service_config in _build_order(context.config):
-        module_name = SERVICE_MODULES.get(service_config.type)
-        if module_name is None:
+        try:
+            module = importlib.import_module(SERVICE_MODULES[service_config.type])
+        except ModuleNotFoundError:
             raise ConfigError(
                 f"services ({service_config.id}).type: {service_config.type} "
                 "services are not available in this version"
-            )
-        module = importlib.import_module(module_name)
+            ) from None
         context.registry.add(service_config.id, module.build(service_config, context))

@@ -7,8 +7,10 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from owncdn import config as configmod
+from owncdn.interfaces import IChangeLog
 from owncdn.keys import KeyRing
 from owncdn.registry import ServiceRegistry
+from owncdn.replication.feed import ChangeFeed
 
 log = Logger()
 
@@ -22,11 +24,31 @@ class DaemonState:
     restart.
     """
 
-    def __init__(self, data_dir: Path, config: configmod.Config, registry: ServiceRegistry):
+    def __init__(self, data_dir: Path, config: configmod.Config, registry: ServiceRegistry,
+                 clock=None):
         self.data_dir = Path(data_dir)
         self.config = config
         self.registry = registry
         self.keys = KeyRing(config.keys)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self._feeds: dict[str, ChangeFeed] = {}
+
+    def feed(self, sid: str) -> ChangeFeed | None:
+        """
+        The change feed of storage service C{sid}, made on first use (no
+        one can be waiting on a feed before it exists), or C{None} for a
+        service without a change log.
+        """
+        feed = self._feeds.get(sid)
+        if feed is None:
+            service = self.registry.get(sid)
+            if not IChangeLog.providedBy(service):
+                return None
+            feed = self._feeds[sid] = ChangeFeed(service)
+            service.change_listeners.append(feed.notify)
+        return feed
 
     def reload(self) -> None:
         """

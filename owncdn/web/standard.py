@@ -195,13 +195,13 @@ async def flush(call: Call):
 
 
 async def syncnext(call: Call):
-    feed = getattr(call.service, "change_feed", None)
+    feed = call.state.feed(call.sid)
     if feed is None:
         raise errors.NotSupported(f"syncnext is not offered by service {call.sid!r}")
     after = call.params.integer("after", 0, 0, 2**63 - 1)
     limit = call.params.integer("limit", 1, 1, 1000)
     wait = call.params.integer("wait", 0, 0, 60)
-    changes = await feed.next_changes(after, limit, wait)
+    changes = await feed.next_changes(after, limit, wait, call.state.clock)
     json_body(call.request, 200, {
         "dbid": call.service.dbid,
         "last": call.service.last_change_id(),

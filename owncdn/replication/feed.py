@@ -1,0 +1,67 @@
+"""
+The change feed behind C{syncnext}: long-poll waiters served from
+memory.
+
+Each storage service's feed keeps a set of waiting futures.  A committed
+change swaps the set out and resolves every waiter at once, so a put
+wakes all replicas without anyone polling the database; a waiter that is
+cancelled (its client went away, or its wait timed out) leaves the set
+at once.  The feed is written against txaio futures so it imports no
+reactor; the web layer adds the timeout with its own clock.
+"""
+
+import txaio
+
+from owncdn.interfaces import Change, IChangeLog
+
+txaio.use_twisted()
+
+
+class ChangeFeed:
+    """
+    Waiting replicas of one change log.
+    """
+
+    def __init__(self, log: IChangeLog):
+        self._log = log
+        self._waiters: set = set()
+
+    @property
+    def waiting(self) -> int:
+        """
+        How many waiters are parked now.
+        """
+        return len(self._waiters)
+
+    def notify(self, change: Change) -> None:
+        """
+        A change was committed: wake every waiter.
+        """
+        if not self._waiters:
+            return
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            txaio.resolve(waiter, change.id)
+
+    def wait_for_change(self):
+        """
+        @return: a future that resolves with the ID of the next change;
+            cancelling it removes it from the feed.
+        """
+        waiter = txaio.create_future(canceller=lambda f: self._waiters.discard(f))
+        self._waiters.add(waiter)
+        return waiter
+
+    async def next_changes(self, after: int, limit: int, wait: float, clock) -> list[Change]:
+        """
+        Up to C{limit} changes after C{after}; when there are none, wait
+        up to C{wait} seconds (on C{clock}) for one before answering an
+        empty list.
+        """
+        if wait > 0 and self._log.last_change_id() <= after:
+            waiter = self.wait_for_change()
+            waiter.addTimeout(wait, clock, onTimeoutCancel=lambda result, timeout: None)
+            await waiter
+        if self._log.last_change_id() <= after:
+            return []
+        return await self._log.changes_after(after, limit)
