@@ -277,13 +277,11 @@ class StandardAPI(AsyncResource):
         call = Call(request, Params(request), key, self.state)
         if function.level is not None:
             call.sid = call.params.required("sid")
-            if function.web_service:
-                service_config = self.state.config.service(call.sid)
-                if service_config is None:
-                    raise errors.NoSuchService(f"no service {call.sid!r}")
-            else:
-                call.service = self.state.registry.get(call.sid)
+            if self.state.config.service(call.sid) is None:
+                raise errors.NoSuchService(f"no service {call.sid!r}")
             require(key, call.sid, function.level)
+            if not function.web_service:
+                call.service = self.state.registry.get(call.sid)
         await function.run(call)
 
     def _send_openapi(self, request):
