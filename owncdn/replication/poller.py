@@ -1,0 +1,252 @@
+"""
+The replica side of live replication: a service that long-polls
+C{syncnext} on the primary and applies every change, in order.
+
+Downloads of several puts run at once (catch-up speed), but changes are
+applied strictly in ID order, each in one transaction with the replica's
+last applied ID, so a crash at any point resumes exactly where it
+stopped.  Every failure is retried with capped exponential backoff and
+recorded in L{ReplicaStatus}, except a changed source database (C{dbid}),
+which stops the poller until an operator resyncs.
+"""
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import treq
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from owncdn.config import ReplicationSource
+from owncdn.interfaces import Change
+
+log = Logger()
+
+BATCH = 100
+WAIT = 30
+CONCURRENCY = 8
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 60.0
+CONNECT_SLACK = 15
+
+
+class SyncError(Exception):
+    """
+    One sync attempt failed; it will be retried.
+    """
+
+
+class SourceReplaced(Exception):
+    """
+    The source's database is not the one this replica copied: applying
+    its changes would mix two histories.
+    """
+
+
+@dataclass
+class ReplicaStatus:
+    """
+    What C{owncdn status} and C{servicelist} show of a replica.
+    """
+
+    source: str
+    remote_sid: str
+    state: str = "starting"  # syncing, ok, retrying, stopped
+    last_attempt: float | None = None
+    last_success: float | None = None
+    last_result: str = ""
+    last_applied: int = 0
+    source_last: int | None = None
+    failures: int = 0
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def change_from_json(item: dict) -> Change:
+    try:
+        return Change(
+            id=int(item["id"]), time=parse_time(item["time"]), op=item["op"],
+            path=item["path"], version=item["version"], size=int(item.get("size") or 0),
+            etag=item.get("etag") or "", sha256=item.get("sha256"),
+            content_type=item.get("contentType") or "application/octet-stream",
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise SyncError(f"syncnext sent a malformed change: {e}") from None
+
+
+class ReplicaPoller(Service):
+    """
+    Keeps one replica storage service up to date with its source.
+
+    @param target: the replica storage service; it offers
+        C{last_applied_id()}, C{source_dbid()} and
+        C{apply_change(change, body)}.
+    """
+
+    def __init__(self, target, source: ReplicationSource, remote_sid: str, reactor,
+                 spool_dir: Path, http=treq, wait: int = WAIT, batch: int = BATCH,
+                 concurrency: int = CONCURRENCY):
+        self.target = target
+        self.source = source
+        self.remote_sid = remote_sid
+        self.reactor = reactor
+        self.spool_dir = Path(spool_dir)
+        self.http = http
+        self.wait = wait
+        self.batch = batch
+        self.concurrency = concurrency
+        self.status = ReplicaStatus(source.id, remote_sid)
+        self.synced = defer.Deferred()  # replaced after each successful attempt
+        self._loop: defer.Deferred | None = None
+
+    def startService(self):
+        super().startService()
+        self.status.last_applied = self.target.last_applied_id()
+        self._loop = defer.Deferred.fromCoroutine(self._run())
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None:
+            self._loop.cancel()
+            self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
+            return self._loop
+
+    def _url(self, function: str) -> str:
+        return self.source.url.rstrip("/") + "/" + function
+
+    @property
+    def _headers(self) -> dict:
+        return {"x-owncdn-key": self.source.key}
+
+    async def _run(self) -> None:
+        backoff = FIRST_BACKOFF
+        while self.running:
+            self.status.last_attempt = time.time()
+            try:
+                applied = await self.sync_once()
+            except defer.CancelledError:
+                raise
+            except SourceReplaced as e:
+                self._record("stopped", str(e))
+                log.error("replica {sid} stopped: {reason}", sid=self.remote_sid, reason=str(e))
+                return
+            except Exception as e:
+                if not self.running:
+                    return
+                self.status.failures += 1
+                self._record("retrying", f"{type(e).__name__}: {e}")
+                log.warn("replica of {source}/{sid}: {error}; retrying in {delay}s",
+                         source=self.source.id, sid=self.remote_sid, error=str(e), delay=backoff)
+                await task.deferLater(self.reactor, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = FIRST_BACKOFF
+            self.status.last_success = self.status.last_attempt
+            self._record("ok", f"applied {applied} changes")
+
+    def _record(self, state: str, result: str) -> None:
+        self.status.state = state
+        self.status.last_result = result
+        self.status.last_applied = self.target.last_applied_id()
+        synced, self.synced = self.synced, defer.Deferred()
+        synced.callback(self.status)
+
+    async def sync_once(self) -> int:
+        """
+        One long poll and the application of what it brought.
+
+        @return: how many changes were applied.
+        """
+        after = self.target.last_applied_id()
+        params = {"sid": self.remote_sid, "after": str(after), "limit": str(self.batch),
+                  "wait": str(self.wait)}
+        response = await self.http.get(self._url("syncnext"), params=params,
+                                       headers=self._headers, timeout=self.wait + CONNECT_SLACK)
+        body = await response.content()
+        if response.code != 200:
+            raise SyncError(f"syncnext answered {response.code}: {body[:200]!r}")
+        try:
+            answer = json.loads(body)
+            dbid, last, items = answer["dbid"], int(answer["last"]), answer["changes"]
+        except (ValueError, KeyError, TypeError):
+            raise SyncError("syncnext answered malformed JSON") from None
+        known = self.target.source_dbid()
+        if known is not None and known != dbid:
+            raise SourceReplaced(
+                f"the source database changed (dbid {known} became {dbid}): "
+                f"run 'owncdn replica resync' to copy it again")
+        self.status.source_last = last
+        changes = [change_from_json(item) for item in items]
+        if any(c.id <= after for c in changes):
+            raise SyncError("syncnext answered changes the replica already has")
+        await self._apply(changes, dbid)
+        return len(changes)
+
+    async def _apply(self, changes: list[Change], dbid: str) -> None:
+        limiter = defer.DeferredSemaphore(self.concurrency)
+        downloads = {c.id: limiter.run(self._download_guarded, c)
+                     for c in changes if c.op == "put"}
+        try:
+            for change in changes:
+                body = await downloads.pop(change.id) if change.op == "put" else None
+                try:
+                    await self.target.apply_change(change, body, dbid)
+                finally:
+                    if body is not None:
+                        body.close()
+        finally:
+            for pending in downloads.values():
+                pending.cancel()
+                pending.addBoth(lambda r: r.close() if hasattr(r, "close") else None)
+
+    def _download_guarded(self, change: Change) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._download(change))
+
+    async def _download(self, change: Change):
+        """
+        Fetch the bytes of one put into a spool file, checking SHA-256.
+
+        @return: the open spool file, positioned at 0.
+        """
+        params = {"sid": self.remote_sid, "path": change.path, "version": change.version}
+        response = await self.http.get(self._url("getfile"), params=params,
+                                       headers=self._headers, unbuffered=True,
+                                       timeout=CONNECT_SLACK)
+        if response.code != 200:
+            await response.content()
+            raise SyncError(f"getfile of {change.path} version {change.version} "
+                            f"answered {response.code}")
+        spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="replica-")
+        digest = hashlib.sha256()
+        size = 0
+
+        def write(data: bytes) -> None:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+            spool.write(data)
+
+        try:
+            await self.http.collect(response, write)
+            if change.sha256 is not None and digest.hexdigest() != change.sha256:
+                raise SyncError(f"the bytes of {change.path} version {change.version} "
+                                f"do not match their SHA-256")
+            if size != change.size:
+                raise SyncError(f"{change.path} version {change.version} has {size} bytes, "
+                                f"not {change.size}")
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool

@@ -1,0 +1,212 @@
+"""
+The replica poller against a test-double primary (in memory, through
+treq's StubTreq): ordering, verification, backoff and the dbid guard.
+"""
+
+import hashlib
+import json
+from urllib.parse import parse_qs
+
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from treq.testing import StubTreq
+
+from owncdn.config import ReplicationSource
+from owncdn.replication.poller import FIRST_BACKOFF, MAX_BACKOFF, ReplicaPoller
+
+KEY = "primary-secret-0123456789"
+
+
+class FakePrimary(Resource):
+    """
+    A primary's syncnext and getfile, with switches for misbehaviour.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.changes: list[dict] = []
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.dbid = "db-1"
+        self.corrupt = False
+        self.fail_with: int | None = None
+        self.parked: list = []
+        self.requests: list[str] = []
+
+    def put(self, path: str, data: bytes):
+        cid = len(self.changes) + 1
+        version = f"v{cid}"
+        self.files[(path, version)] = data
+        self.changes.append({
+            "id": cid, "time": "2026-11-27T10:00:00.000Z", "op": "put", "path": path,
+            "version": version, "size": len(data), "etag": hashlib.md5(data).hexdigest(),
+            "sha256": hashlib.sha256(data).hexdigest(), "contentType": "text/plain"})
+        self._wake()
+
+    def delete(self, path: str):
+        cid = len(self.changes) + 1
+        self.changes.append({
+            "id": cid, "time": "2026-11-27T10:00:01.000Z", "op": "delete", "path": path,
+            "version": f"v{cid}", "size": 0, "etag": "", "sha256": None,
+            "contentType": "application/octet-stream"})
+        self._wake()
+
+    def _wake(self):
+        parked, self.parked = self.parked, []
+        for request, after, limit in parked:
+            self._answer(request, after, limit)
+            request.finish()
+
+    def _answer(self, request, after, limit):
+        found = [c for c in self.changes if c["id"] > after][:limit]
+        request.setHeader(b"content-type", b"application/json")
+        request.write(json.dumps({"dbid": self.dbid, "last": len(self.changes),
+                                  "changes": found}).encode())
+
+    def render_GET(self, request):
+        function = request.path.decode().strip("/")
+        self.requests.append(function)
+        if request.getHeader(b"x-owncdn-key") != KEY.encode():
+            request.setResponseCode(401)
+            return b"{}"
+        if self.fail_with is not None:
+            request.setResponseCode(self.fail_with)
+            return b"{}"
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        if function == "syncnext":
+            after, limit = int(args["after"]), int(args["limit"])
+            if not any(c["id"] > after for c in self.changes):
+                self.parked.append((request, after, limit))
+                return NOT_DONE_YET
+            self._answer(request, after, limit)
+            return b""
+        data = self.files.get((args["path"], args["version"]))
+        if data is None:
+            request.setResponseCode(404)
+            return b"{}"
+        return data[:-1] + b"!" if self.corrupt and data else data
+
+
+class ListTarget:
+    """
+    A replica target that records what it was asked to apply.
+    """
+
+    def __init__(self):
+        self.applied: list[tuple] = []
+        self.dbid = None
+
+    def last_applied_id(self) -> int:
+        return self.applied[-1][0].id if self.applied else 0
+
+    def source_dbid(self):
+        return self.dbid
+
+    def apply_change(self, change, body, dbid):
+        from twisted.internet import defer
+        self.dbid = dbid
+        self.applied.append((change, body.read() if body is not None else None))
+        return defer.succeed(None)
+
+
+class PollerTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.primary = FakePrimary()
+        self.stub = StubTreq(self.primary)
+        self.target = ListTarget()
+        source = ReplicationSource("hq", "HQ", "http://primary.example/", KEY)
+        self.poller = ReplicaPoller(self.target, source, "media", self.clock, self.mktemp_dir(),
+                                    http=self.stub, wait=30)
+
+    def mktemp_dir(self):
+        import os
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    def start(self):
+        self.poller.startService()
+        self.addCleanup(self.stop)
+        self.stub.flush()
+
+    def stop(self):
+        if self.poller.running:
+            self.poller.stopService()
+        self.stub.flush()
+
+    def test_applies_changes_in_order_with_exact_bytes(self):
+        """Puts and deletes arrive in ID order, with the primary's bytes and versions."""
+        self.primary.put("a.txt", b"alpha")
+        self.primary.put("b.txt", b"beta" * 1000)
+        self.primary.delete("a.txt")
+        self.start()
+        self.assertEqual([(c.id, c.op, c.path, c.version, data) for c, data in self.target.applied], [
+            (1, "put", "a.txt", "v1", b"alpha"),
+            (2, "put", "b.txt", "v2", b"beta" * 1000),
+            (3, "delete", "a.txt", "v3", None),
+        ])
+        self.assertEqual(self.target.dbid, "db-1")
+        self.assertEqual(self.poller.status.state, "ok")
+        self.assertEqual(self.poller.status.last_applied, 3)
+
+    def test_long_poll_wakes_on_new_change(self):
+        """A change made while the replica waits is applied when it arrives."""
+        self.start()
+        self.assertEqual(self.target.applied, [])
+        self.primary.put("late.txt", b"late")
+        self.stub.flush()
+        self.assertEqual([c.path for c, _ in self.target.applied], ["late.txt"])
+
+    def test_corrupted_bytes_are_refused_and_recorded(self):
+        """Bytes that do not match the change's SHA-256 are never applied; the error is recorded."""
+        self.primary.put("a.txt", b"alpha")
+        self.primary.corrupt = True
+        self.start()
+        self.assertEqual(self.target.applied, [])
+        self.assertEqual(self.poller.status.state, "retrying")
+        self.assertIn("SHA-256", self.poller.status.last_result)
+        self.primary.corrupt = False
+        self.clock.advance(FIRST_BACKOFF)
+        self.stub.flush()
+        self.assertEqual([data for _, data in self.target.applied], [b"alpha"])
+        self.assertEqual(self.poller.status.state, "ok")
+
+    def test_backoff_doubles_and_is_capped(self):
+        """Repeated failures wait 0.5, 1, 2 ... seconds, never more than the cap."""
+        self.primary.fail_with = 503
+        self.start()
+        delays = []
+        for _ in range(12):
+            (call,) = self.clock.getDelayedCalls()
+            delay = call.getTime() - self.clock.seconds()
+            delays.append(delay)
+            self.clock.advance(delay)
+            self.stub.flush()
+        self.assertEqual(delays[:4], [FIRST_BACKOFF, FIRST_BACKOFF * 2, FIRST_BACKOFF * 4,
+                                      FIRST_BACKOFF * 8])
+        self.assertEqual(max(delays), MAX_BACKOFF)
+        self.assertEqual(self.poller.status.failures, 13)
+        self.assertIn("503", self.poller.status.last_result)
+
+    def test_changed_dbid_stops_the_replica(self):
+        """A source whose dbid changed is not applied from; the replica stops and says why."""
+        self.primary.put("a.txt", b"alpha")
+        self.start()
+        self.primary.dbid = "db-2"
+        self.primary.put("b.txt", b"beta")
+        self.stub.flush()
+        self.assertEqual([c.path for c, _ in self.target.applied], ["a.txt"])
+        self.assertEqual(self.poller.status.state, "stopped")
+        self.assertIn("resync", self.poller.status.last_result)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_leaves_nothing_pending(self):
+        """Stopping the poller while it long-polls leaves no timer behind."""
+        self.start()
+        self.poller.stopService()
+        self.stub.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
