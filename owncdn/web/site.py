@@ -5,8 +5,8 @@ Twisted's defaults are not enough for a public server, so this module
 closes the holes: a body cap checked before and while the body arrives
 (413 without reading the rest), bodies over 1 MiB spooled into a file in
 the data folder (never memory, never /tmp), a deadline for the request
-head (slow-loris clients), and request bookkeeping so that SIGTERM lets
-in-flight requests finish.
+head (slow-loris clients), a clean 414/431 for an oversized head, and
+connection bookkeeping so that SIGTERM lets requests in progress finish.
 """
 
 import json
@@ -22,6 +22,9 @@ from twisted.web import http, server
 from owncdn.web.reqlog import RequestLog
 
 SPOOL_THRESHOLD = 1024 * 1024
+# How long a stopping daemon waits for requests in progress before it
+# cuts them off.
+DRAIN_TIMEOUT = 30.0
 
 log = Logger()
 
@@ -58,10 +61,12 @@ def is_s3_request(request) -> bool:
 
 class OwnCDNRequest(server.Request):
     """
-    A request whose body is capped and spooled as it arrives.
+    A request whose body is capped as it arrives and lands where
+    L{OwnCDNSite.getContentFile} puts it.
     """
 
     refused = False
+    # When the request head was complete (time.monotonic), for reqlist.
     started: float = 0.0
     body_length = 0
     # Which api/public service answered, for reqlist.
@@ -69,22 +74,22 @@ class OwnCDNRequest(server.Request):
 
     def gotLength(self, length):
         self.started = time.monotonic()
-        site = self.channel.site
-        if length is not None and length > site.max_upload_size:
+        if length is not None and length > self.channel.site.max_upload_size:
             self._refuse_too_large()
             return
-        if length is not None and length <= SPOOL_THRESHOLD:
-            self.content = BytesIO()
-        else:
-            self.content = tempfile.TemporaryFile(dir=site.spool_dir, prefix="upload-")
+        super().gotLength(length)
 
     def handleContentChunk(self, data):
         if self.refused:
             return
         self.body_length += len(data)
-        if self.body_length > self.channel.site.max_upload_size:
+        site = self.channel.site
+        if self.body_length > site.max_upload_size:
             self._refuse_too_large()
             return
+        if self.body_length > SPOOL_THRESHOLD and isinstance(self.content, BytesIO):
+            # A chunked body that has outgrown memory.
+            self.content = site.spool(self.content)
         self.content.write(data)
 
     def _refuse_too_large(self):
@@ -96,31 +101,26 @@ class OwnCDNRequest(server.Request):
         if self.content is not None:
             self.content.close()
         self.content = BytesIO()
-        transport = self.channel.transport
-        transport.write(_too_large_response(is_s3_request(self), self.channel.site.max_upload_size))
-        self.channel.persistent = False
-        transport.loseConnection()
+        # HTTPChannel would answer "100 Continue" right after the 413.
+        self.requestHeaders.removeHeader(b"expect")
+        channel = self.channel
+        channel.transport.write(_too_large_response(is_s3_request(self), channel.site.max_upload_size))
+        channel.persistent = False
+        channel.loseConnection()
 
     def requestReceived(self, command, path, version):
         if self.refused:
             return
-        self.channel.site.in_flight.add(self)
         super().requestReceived(command, path, version)
-
-    def finish(self):
-        site = self.channel.site
-        super().finish()
-        site.request_done(self)
-
-    def connectionLost(self, reason):
-        site = self.channel.site if self.channel is not None else None
-        super().connectionLost(reason)
-        if site is not None:
-            site.request_done(self)
 
     def processingFailed(self, reason):
         log.failure("unhandled error in {uri}", reason, uri=self.uri)
         if self.finished or self._disconnected:
+            return
+        if self.startedWriting:
+            # Half a response is out: only a cut connection tells the
+            # client it is incomplete.
+            self.channel.transport.abortConnection()
             return
         body = json.dumps({"error": {"code": "InternalError",
                                      "message": "internal error"}}).encode()
@@ -134,13 +134,20 @@ class OwnCDNRequest(server.Request):
 class OwnCDNChannel(http.HTTPChannel):
     """
     An HTTP channel that gives each request head C{header_timeout}
-    seconds to arrive completely, however slowly the client trickles it.
+    seconds to arrive completely, however slowly the client trickles it,
+    refuses an oversized head with 414 or 431, and tells its site when
+    it is busy with a request so that a stopping daemon can drain.
+
+    @ivar busy: a request head has arrived and its response is not
+        finished yet.
     """
 
+    busy = False
     _head_deadline = None
 
     def connectionMade(self):
         super().connectionMade()
+        self.site.channels.add(self)
         self._start_head_deadline()
 
     def _start_head_deadline(self):
@@ -154,24 +161,53 @@ class OwnCDNChannel(http.HTTPChannel):
 
     def _head_too_slow(self):
         self._head_deadline = None
-        log.info("closing a connection that did not send its request head in time")
+        log.info("closing a connection that did not send its request head "
+                 "within {timeout} seconds", timeout=self.site.header_timeout)
         self.transport.abortConnection()
+
+    def lineReceived(self, line):
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_head()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        self._refuse_head()
+
+    def _refuse_head(self):
+        # Nothing of this request has been counted yet: the request line
+        # itself is too long.
+        if self._receivedHeaderSize == 0:
+            status = b"414 URI Too Long"
+        else:
+            status = b"431 Request Header Fields Too Large"
+        self._cancel_head_deadline()
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\n"
+                             b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        self.persistent = False
+        # Drop whatever else the client sends before the close.
+        self.dataReceived = lambda data: None
+        self.loseConnection()
 
     def allHeadersReceived(self):
         self._cancel_head_deadline()
+        self.busy = True
         super().allHeadersReceived()
 
     def requestDone(self, request):
-        super().requestDone(request)
-        if self.transport is not None and not self._requestsDone():
+        self.busy = False
+        if self.site.draining:
+            self.persistent = False
+        elif self.persistent:
+            # Before the super call: it may parse a pipelined head that
+            # is already buffered, which cancels this deadline again.
             self._start_head_deadline()
-
-    def _requestsDone(self):
-        return self.transport.disconnecting or not self.persistent
+        super().requestDone(request)
 
     def connectionLost(self, reason):
         self._cancel_head_deadline()
         super().connectionLost(reason)
+        self.site.channel_closed(self)
 
 
 class OwnCDNSite(server.Site):
@@ -180,7 +216,9 @@ class OwnCDNSite(server.Site):
     port.
 
     @ivar request_logs: service ID -> L{RequestLog} for C{reqlist}.
-    @ivar in_flight: requests received but not yet finished.
+    @ivar channels: the open connections.
+    @ivar draining: L{drain} has been called: connections close once
+        their current response is out.
     """
 
     requestFactory = OwnCDNRequest
@@ -194,30 +232,69 @@ class OwnCDNSite(server.Site):
         self.max_upload_size = max_upload_size
         self.header_timeout = header_timeout
         self.request_logs: dict[str, RequestLog] = {}
-        self.in_flight: set = set()
+        self.channels: set[OwnCDNChannel] = set()
+        self.draining = False
         self._drained: list[defer.Deferred] = []
 
-    def buildProtocol(self, addr):
-        channel = super().buildProtocol(addr)
-        channel.site = self
-        return channel
+    def getContentFile(self, length: int | None):
+        """
+        Where a request body goes: memory up to L{SPOOL_THRESHOLD}, else
+        an anonymous file in the spool folder of the data volume.  A
+        chunked body (length C{None}) starts in memory and moves to such
+        a file once it grows past the threshold.
+        """
+        if length is None or length <= SPOOL_THRESHOLD:
+            return BytesIO()
+        return tempfile.TemporaryFile(dir=self.spool_dir, prefix="upload-")
 
-    def request_done(self, request):
-        self.in_flight.discard(request)
-        if not self.in_flight and self._drained:
+    def spool(self, memory: BytesIO):
+        """
+        Move what C{memory} holds into a spool file, open at its end.
+        """
+        spooled = tempfile.TemporaryFile(dir=self.spool_dir, prefix="upload-")
+        with memory.getbuffer() as held:
+            spooled.write(held)
+        memory.close()
+        return spooled
+
+    def channel_closed(self, channel: OwnCDNChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels and self._drained:
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
 
-    def drained(self) -> defer.Deferred:
+    def drain(self) -> defer.Deferred:
         """
-        @return: a Deferred that fires once no request is in flight.
+        Close idle connections now and every other one once its current
+        response is out; after L{DRAIN_TIMEOUT} seconds cut what is left.
+        Call it after the listening ports have closed.
+
+        @return: a Deferred that fires once every connection is closed.
         """
-        if not self.in_flight:
+        self.draining = True
+        for channel in list(self.channels):
+            if not channel.busy:
+                channel.loseConnection()
+        if not self.channels:
             return defer.succeed(None)
+        log.info("waiting for {count} connections to finish", count=len(self.channels))
         d = defer.Deferred()
         self._drained.append(d)
-        return d
+        deadline = self.reactor.callLater(DRAIN_TIMEOUT, self._cut_connections)
+
+        def stop_deadline(result):
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        return d.addBoth(stop_deadline)
+
+    def _cut_connections(self):
+        log.warn("cutting {count} connections still open after {timeout} seconds",
+                 count=len(self.channels), timeout=DRAIN_TIMEOUT)
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
 
     def log(self, request):
         sid = request.logged_service

@@ -1,0 +1,452 @@
+"""
+The edge of the HTTP server (owncdn.web.site): body cap, spooling,
+head deadline, oversized and malformed requests, and draining, driven
+byte by byte through the real channel with a StringTransport and a
+task.Clock.
+"""
+
+import json
+import os
+from io import BytesIO
+from pathlib import Path
+
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from owncdn.web import site as sitemod
+from owncdn.web.site import SPOOL_THRESHOLD, OwnCDNSite
+
+LIMIT = 3 * 1024 * 1024
+TIMEOUT = 30
+
+
+class Recorder(Resource):
+    """
+    A leaf that records each request with its body and answers "ok",
+    or holds the response open when C{hold} is set.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+        self.bodies = []
+        self.locations = []
+        self.hold = False
+
+    def render(self, request):
+        self.requests.append(request)
+        content = request.content
+        content.seek(0)
+        self.bodies.append((content, content.read()))
+        if not isinstance(content, BytesIO):
+            self.locations.append(os.readlink(f"/proc/self/fd/{content.fileno()}"))
+        if self.hold:
+            return NOT_DONE_YET
+        return b"ok"
+
+
+class Broken(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        raise RuntimeError("a bug")
+
+
+def head(method=b"GET", path=b"/", headers=()) -> bytes:
+    lines = [method + b" " + path + b" HTTP/1.1", b"Host: example"]
+    lines += list(headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def status_of(transport: StringTransport) -> bytes:
+    return transport.value().split(b"\r\n", 1)[0]
+
+
+def body_of(transport: StringTransport) -> bytes:
+    return transport.value().split(b"\r\n\r\n", 1)[1]
+
+
+class SiteTestMixin:
+    def make_site(self, resource=None, max_upload_size=LIMIT, header_timeout=TIMEOUT):
+        self.clock = task.Clock()
+        self.spool = Path(self.mktemp()).absolute()
+        self.spool.mkdir(parents=True)
+        self.resource = resource if resource is not None else Recorder()
+        self.site = OwnCDNSite(self.resource, spool_dir=self.spool,
+                               max_upload_size=max_upload_size,
+                               header_timeout=header_timeout, reactor=self.clock)
+        return self.site
+
+    def connect(self):
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return channel, transport
+
+
+class BodyTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site()
+
+    def test_small_body_in_memory(self):
+        """A body of at most 1 MiB with a Content-Length stays in memory."""
+        channel, transport = self.connect()
+        body = b"x" * SPOOL_THRESHOLD
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]) + body)
+        content, received = self.resource.bodies[0]
+        self.assertIsInstance(content, BytesIO)
+        self.assertEqual(received, body)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+
+    def test_large_body_spooled_in_data_folder(self):
+        """A declared body over 1 MiB goes into a file in the spool folder, not memory or /tmp."""
+        if not os.path.isdir("/proc/self/fd"):
+            self.skipTest("needs /proc to see where a file lives")
+        channel, transport = self.connect()
+        body = os.urandom(SPOOL_THRESHOLD + 1)
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]))
+        for offset in range(0, len(body), 65536):
+            channel.dataReceived(body[offset:offset + 65536])
+        content, received = self.resource.bodies[0]
+        self.assertNotIsInstance(content, BytesIO)
+        location = self.resource.locations[0]
+        self.assertTrue(location.startswith(str(self.spool) + "/"), location)
+        self.assertEqual(received, body)
+
+    def test_chunked_body_moves_to_spool_when_it_grows(self):
+        """A chunked body starts in memory and moves to the spool folder past 1 MiB, intact."""
+        if not os.path.isdir("/proc/self/fd"):
+            self.skipTest("needs /proc to see where a file lives")
+        channel, transport = self.connect()
+        body = os.urandom(SPOOL_THRESHOLD + 100)
+        channel.dataReceived(head(b"PUT", headers=[b"Transfer-Encoding: chunked"]))
+        for offset in range(0, len(body), 100000):
+            channel.dataReceived(chunk(body[offset:offset + 100000]))
+        channel.dataReceived(b"0\r\n\r\n")
+        content, received = self.resource.bodies[0]
+        location = self.resource.locations[0]
+        self.assertTrue(location.startswith(str(self.spool) + "/"), location)
+        self.assertEqual(received, body)
+
+    def test_small_chunked_body_in_memory(self):
+        """A small chunked body never touches the disk."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Transfer-Encoding: chunked"])
+                             + chunk(b"hello ") + chunk(b"world") + b"0\r\n\r\n")
+        content, received = self.resource.bodies[0]
+        self.assertIsInstance(content, BytesIO)
+        self.assertEqual(received, b"hello world")
+
+    def test_form_bodies_not_parsed(self):
+        """A form-encoded POST body is left alone: its fields do not become request.args."""
+        channel, transport = self.connect()
+        body = b"sid=evil&path=x"
+        channel.dataReceived(head(b"POST", b"/?a=1", headers=[
+            b"Content-Type: application/x-www-form-urlencoded",
+            b"Content-Length: %d" % len(body)]) + body)
+        request = self.resource.requests[0]
+        self.assertEqual(request.args, {b"a": [b"1"]})
+        self.assertEqual(self.resource.bodies[0][1], body)
+
+    def test_started_set_when_head_arrives(self):
+        """The request records when its head arrived, for reqlist's timing."""
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        self.assertGreater(self.resource.requests[0].started, 0)
+
+
+class BodyCapTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site(max_upload_size=1000)
+
+    def assert_too_large(self, transport):
+        self.assertEqual(status_of(transport), b"HTTP/1.1 413 Request Entity Too Large")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_declared_length_over_cap(self):
+        """A Content-Length over maxUploadSize gets 413 TooLarge before any body byte is read."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 1001"]))
+        self.assert_too_large(transport)
+        self.assertEqual(json.loads(body_of(transport))["error"]["code"], "TooLarge")
+
+    def test_declared_length_at_cap(self):
+        """A body of exactly maxUploadSize is accepted."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 1000"]) + b"x" * 1000)
+        self.assertEqual(self.resource.bodies[0][1], b"x" * 1000)
+
+    def test_no_100_continue_after_413(self):
+        """A client that asked for 100-continue gets only the 413, never a 100 after it."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 5000",
+                                                   b"Expect: 100-continue"]))
+        self.assert_too_large(transport)
+        self.assertNotIn(b"100 Continue", transport.value())
+
+    def test_s3_request_gets_xml(self):
+        """An S3-mode request over the cap gets the S3 EntityTooLarge error."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", b"/bucket/key", headers=[
+            b"Content-Length: 5000", b"x-amz-content-sha256: UNSIGNED-PAYLOAD"]))
+        self.assert_too_large(transport)
+        self.assertIn(b"<Code>EntityTooLarge</Code>", body_of(transport))
+
+    def test_absurd_content_length(self):
+        """A Content-Length of 99999999999999999999999 gets 413, not a 500 or a crash."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 99999999999999999999999"]))
+        self.assert_too_large(transport)
+
+    def test_chunked_body_growing_past_cap(self):
+        """A chunked body is refused with 413 as soon as it grows past the cap; the rest is ignored."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Transfer-Encoding: chunked"]))
+        channel.dataReceived(chunk(b"x" * 600))
+        self.assertEqual(transport.value(), b"")
+        channel.dataReceived(chunk(b"x" * 600))
+        self.assert_too_large(transport)
+        answered = transport.value()
+        channel.dataReceived(chunk(b"x" * 600) + b"0\r\n\r\n")
+        self.assertEqual(transport.value(), answered)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_invalid_content_length(self):
+        """A Content-Length that is not a number gets 400."""
+        for value in (b"abc", b"-1", b"1e3", b"12 34"):
+            channel, transport = self.connect()
+            channel.dataReceived(head(b"PUT", headers=[b"Content-Length: " + value]))
+            self.assertEqual(status_of(transport), b"HTTP/1.1 400 Bad Request", value)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_malformed_chunked_body(self):
+        """A chunked body with a bad chunk size line gets 400 and a close."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Transfer-Encoding: chunked"])
+                             + b"zz\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual(status_of(transport), b"HTTP/1.1 400 Bad Request")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_chunk_longer_than_declared(self):
+        """A chunk with more data than its size line says gets 400."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Transfer-Encoding: chunked"])
+                             + b"2\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual(status_of(transport), b"HTTP/1.1 400 Bad Request")
+        self.assertEqual(self.resource.requests, [])
+
+
+class MalformedHeadTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site()
+
+    def assert_refused(self, data: bytes, status: bytes):
+        channel, transport = self.connect()
+        channel.dataReceived(data)
+        self.assertEqual(status_of(transport), status)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+        return channel, transport
+
+    def test_garbage_request_line(self):
+        """A request line that is not METHOD TARGET HTTP/x.y gets 400."""
+        for line in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                     b"GET",
+                     b"GET / HTTP/1.1 extra",
+                     b"G\xffT / HTTP/1.1",
+                     b"GET / HTTP/9.9",
+                     b"GET / SPDY/3"):
+            self.assert_refused(line + b"\r\nHost: x\r\n\r\n", b"HTTP/1.1 400 Bad Request")
+
+    def test_raw_nul_in_path(self):
+        """A NUL byte in the request target gets 400, never reaching a resource."""
+        self.assert_refused(head(path=b"/a\x00b"), b"HTTP/1.1 400 Bad Request")
+
+    def test_raw_non_utf8_in_path(self):
+        """A raw non-ASCII byte in the request target gets 400."""
+        self.assert_refused(head(path=b"/caf\xe9"), b"HTTP/1.1 400 Bad Request")
+
+    def test_nul_in_header_value(self):
+        """A NUL in a header value gets 400."""
+        self.assert_refused(head(headers=[b"X-Thing: a\x00b"]), b"HTTP/1.1 400 Bad Request")
+
+    def test_huge_header(self):
+        """A single header line over 16 KiB gets 431 and a close, without buffering more."""
+        channel, transport = self.assert_refused(
+            head(headers=[b"X-Big: " + b"a" * 20000]),
+            b"HTTP/1.1 431 Request Header Fields Too Large")
+        answered = transport.value()
+        channel.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(transport.value(), answered)
+
+    def test_huge_header_without_newline(self):
+        """A header that keeps growing without a line end is refused once it passes 16 KiB."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nX-Big: ")
+        for _ in range(20):
+            channel.dataReceived(b"a" * 1024)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 431 Request Header Fields Too Large")
+        self.assertTrue(transport.disconnecting)
+
+    def test_many_headers_over_total(self):
+        """Headers that are each small but together exceed 16 KiB get 431."""
+        headers = [b"X-H%d: %s" % (i, b"v" * 100) for i in range(200)]
+        self.assert_refused(head(headers=headers), b"HTTP/1.1 431 Request Header Fields Too Large")
+
+    def test_long_request_line(self):
+        """A request line over 16 KiB gets 414."""
+        self.assert_refused(head(path=b"/" + b"a" * 20000), b"HTTP/1.1 414 URI Too Long")
+
+    def test_unhandled_error_is_json_500(self):
+        """A bug in a resource gives a JSON 500, no traceback page, and is logged."""
+        self.make_site(resource=Broken())
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        self.assertEqual(status_of(transport), b"HTTP/1.1 500 Internal Server Error")
+        self.assertEqual(json.loads(body_of(transport))["error"]["code"], "InternalError")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class HeadDeadlineTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site()
+
+    def test_trickled_head_cut_at_deadline(self):
+        """A client sending its head one byte a second is disconnected after headerTimeout."""
+        channel, transport = self.connect()
+        data = head(headers=[b"X-Pad: " + b"p" * 100])
+        for second in range(TIMEOUT - 1):
+            channel.dataReceived(data[second:second + 1])
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(data[TIMEOUT - 1:TIMEOUT])
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_silent_client_cut(self):
+        """A client that connects and sends nothing is disconnected after headerTimeout."""
+        channel, transport = self.connect()
+        self.clock.advance(TIMEOUT)
+        self.assertTrue(transport.disconnected)
+
+    def test_slow_response_not_cut(self):
+        """Once the head is in, a response that takes longer than headerTimeout is not cut."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        self.clock.advance(TIMEOUT * 10)
+        self.assertFalse(transport.disconnecting)
+        self.resource.requests[0].finish()
+        self.assertIn(b"200 OK", transport.value())
+
+    def test_keepalive_connection_gets_new_deadline(self):
+        """After a response on a kept-alive connection, the next head has headerTimeout to arrive."""
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        self.assertEqual(len(self.resource.requests), 1)
+        self.clock.advance(TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+    def test_pipelined_request_not_cut(self):
+        """A pipelined request whose head arrived early is not cut by the next head's deadline."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head(path=b"/one") + head(path=b"/two"))
+        self.resource.requests[0].finish()
+        self.assertEqual(len(self.resource.requests), 2)
+        self.clock.advance(TIMEOUT * 10)
+        self.assertFalse(transport.disconnecting)
+        self.resource.requests[1].finish()
+        self.assertEqual(transport.value().count(b"200 OK"), 2)
+
+    def test_slow_body_ends_with_idle_timeout(self):
+        """A body that stops arriving is cut by the idle timeout, not held forever."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 100"]) + b"x" * 10)
+        self.clock.advance(channel.timeOut)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+
+class DrainTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site()
+
+    def lose(self, channel, transport):
+        """
+        What the reactor does once a closing transport has flushed.
+        """
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(Exception("closed"))
+
+    def test_no_connections(self):
+        """Draining a site without connections is done at once."""
+        self.successResultOf(self.site.drain())
+
+    def test_idle_connections_closed(self):
+        """Idle and half-sent connections are closed gracefully when the drain starts."""
+        idle, idle_transport = self.connect()
+        partial, partial_transport = self.connect()
+        partial.dataReceived(b"GET / HT")
+        d = self.site.drain()
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertTrue(partial_transport.disconnecting)
+        self.assertNoResult(d)
+        self.lose(idle, idle_transport)
+        self.lose(partial, partial_transport)
+        self.successResultOf(d)
+
+    def test_request_in_progress_finishes(self):
+        """A request in progress finishes and its connection closes after the response."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        d = self.site.drain()
+        self.assertFalse(transport.disconnecting)
+        self.resource.requests[0].write(b"done")
+        self.resource.requests[0].finish()
+        self.assertIn(b"done", transport.value())
+        self.assertNoResult(d)
+        self.lose(channel, transport)
+        self.successResultOf(d)
+
+    def test_body_still_arriving_completes(self):
+        """A request still receiving its body when the drain starts is read and answered."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 10"]) + b"12345")
+        d = self.site.drain()
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(b"67890")
+        self.assertEqual(self.resource.bodies[0][1], b"1234567890")
+        self.assertIn(b"200 OK", transport.value())
+        self.lose(channel, transport)
+        self.successResultOf(d)
+
+    def test_stuck_requests_cut_after_timeout(self):
+        """Connections still busy after the drain timeout are cut, so the daemon does stop."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        d = self.site.drain()
+        self.clock.advance(sitemod.DRAIN_TIMEOUT - 1)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        channel.connectionLost(Exception("aborted"))
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
