@@ -37,9 +37,16 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             raise LockedByOther(str(self.path)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, note.encode())
         self._fd = fd
+        self.write_note(note)
+
+    def write_note(self, note: str) -> None:
+        """
+        Replace what the lock file says, such as the pid after twistd's
+        fork into the background.
+        """
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, note.encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -10,10 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-from twisted.application import service, strports
-from twisted.internet import defer
+from twisted.application import service
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
-from twisted.python import usage
+from twisted.python import failure, usage
 
 from owncdn import config as configmod
 from owncdn.lockfile import FileLock, LockedByOther
@@ -32,6 +32,15 @@ log = Logger()
 
 def default_data_dir() -> str:
     return os.environ.get("OWNCDN_DATA_DIR") or "./owncdn-data"
+
+
+def fail(message: str):
+    """
+    Stop start-up with one clear line, not a traceback.  Once twistd's
+    logging has begun, stderr goes to the log.
+    """
+    sys.stderr.write(f"owncdn: {message}\n")
+    raise SystemExit(1)
 
 
 class Options(usage.Options):
@@ -79,9 +88,51 @@ class SequentialMultiService(service.MultiService):
                 log.failure("error stopping {service}", service=child)
 
 
+class ListenService(service.Service):
+    """
+    One C{--listen} endpoint.  It listens in C{privilegedStartService}
+    (before twistd drops privileges) and a failure, such as a busy port,
+    stops start-up instead of leaving a daemon that listens on nothing.
+    """
+
+    def __init__(self, description: str, endpoint, factory):
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self):
+        super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self):
+        outcome = []
+        # Stream server endpoints of the reactor (tcp, ssl, unix) listen
+        # at once, so the Deferred has fired when listen() returns.
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome or isinstance(outcome[0], failure.Failure):
+            reason = outcome[0].getErrorMessage() if outcome else "no answer"
+            fail(f"cannot listen on {self.description}: {reason}")
+        self.port = outcome[0]
+        log.info("listening on {description} (port {port})",
+                 description=self.description, port=self.port.getHost().port)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+
+
 class DrainService(service.Service):
     """
-    On stop, waits until the site has no request in flight.
+    On stop, after the listeners have closed, lets every request in
+    progress finish and closes the connections.
     """
 
     def __init__(self, site: OwnCDNSite):
@@ -89,7 +140,41 @@ class DrainService(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self.site.drained()
+        return self.site.drain()
+
+
+class SignalService(service.Service):
+    """
+    SIGHUP reloads keys and replication sources; SIGTERM stops the
+    daemon gracefully and, unlike twistd's own handler (which re-raises
+    the signal once stopped), lets it exit with status 0.
+    """
+
+    stopping = False
+
+    def __init__(self, state: DaemonState, reactor):
+        self.state = state
+        self.reactor = reactor
+
+    def startService(self):
+        super().startService()
+        # After startup: the reactor installs its own handlers then.
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self):
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._reload))
+        signal.signal(signal.SIGTERM, lambda *_: self.reactor.callFromThread(self._terminate))
+
+    def _reload(self):
+        log.info("SIGHUP: reloading the configuration")
+        self.state.reload()
+
+    def _terminate(self):
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("SIGTERM: finishing requests in progress, then stopping")
+        self.reactor.stop()
 
 
 class DaemonLockService(service.Service):
@@ -98,34 +183,30 @@ class DaemonLockService(service.Service):
     the pid (written after twistd's fork) and listen endpoints in it.
     """
 
-    def __init__(self, lock: FileLock, listen: list[str], state: DaemonState):
+    def __init__(self, lock: FileLock, listen: list[str]):
         self.lock = lock
         self.listen = listen
-        self.state = state
 
     def startService(self):
         super().startService()
-        os.ftruncate(self.lock._fd, 0)
-        os.pwrite(self.lock._fd, json.dumps({"pid": os.getpid(), "listen": self.listen}).encode(), 0)
-        if hasattr(signal, "SIGHUP"):
-            from twisted.internet import reactor
-            signal.signal(signal.SIGHUP,
-                          lambda *_: reactor.callFromThread(self.state.reload))
+        self.lock.write_note(json.dumps({"pid": os.getpid(), "listen": self.listen}))
 
     def stopService(self):
         super().stopService()
         self.lock.release()
 
 
-def fail(message: str):
-    sys.stderr.write(f"owncdn: {message}\n")
-    raise SystemExit(1)
-
-
 def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiService:
     """
     The whole daemon as one service: lock, file services, then the web.
     """
+    listeners = []
+    for description in listen:
+        try:
+            listeners.append((description, endpoints.serverFromString(reactor, description)))
+        except (ValueError, KeyError, OSError) as e:
+            fail(f"--listen {description}: {e}")
+
     data_dir = Path(data_dir).absolute()
     try:
         config, new_key = configmod.init_data_dir(data_dir)
@@ -152,7 +233,8 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
     registry = ServiceRegistry()
     state = DaemonState(data_dir, config, registry)
     root = SequentialMultiService()
-    DaemonLockService(lock, listen, state).setServiceParent(root)
+    DaemonLockService(lock, listen).setServiceParent(root)
+    SignalService(state, reactor).setServiceParent(root)
     try:
         build_services(ServiceContext(data_dir, reactor, config, registry))
     except configmod.ConfigError as e:
@@ -170,8 +252,8 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
     web = SequentialMultiService()
     web.setName("web")
     DrainService(site).setServiceParent(web)
-    for description in listen:
-        strports.service(description, site, reactor=reactor).setServiceParent(web)
+    for description, endpoint in listeners:
+        ListenService(description, endpoint, site).setServiceParent(web)
     web.setServiceParent(root)
     return root
 
