@@ -1,0 +1,386 @@
+"""
+The C{storage} service: a versioned object store in one SQLite database.
+
+The service owns the database's threads: one writer thread (SQLite
+allows one writer at a time, and a single thread makes the order of
+commits the order of requests) and a few reader threads.  The reactor
+thread only dispatches to them and routes results; it never touches
+SQLite, Brotli or the upload's file.  Two things stay in memory because
+the service sees every write: the newest change ID, and the newest
+version of small files, so that most small GETs finish without a thread
+hop.
+"""
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from owncdn.errors import ReadOnlyReplica
+from owncdn.interfaces import (
+    Change,
+    FileInfo,
+    IChangeLog,
+    IReadableFiles,
+    IVersionedFiles,
+    IWritableFiles,
+)
+from owncdn.lockfile import FileLock, LockedByOther, lock_note
+from owncdn.paths import fold_case
+from owncdn.storage import guess_content_type
+from owncdn.storage.bodies import BytesBody, StoredBody
+from owncdn.storage.changelog import info_from_change
+from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
+from owncdn.storage.smallfiles import SmallFileCache
+
+log = Logger()
+
+# SQLite reads release the GIL; a few threads overlap page-cache misses
+# and decompression without crowding two cores.
+READER_THREADS = 4
+# Pruning runs this often, and at start.  Shorter keepVersions get more
+# frequent passes so that a version outlives its keep time by at most a
+# tenth of it (at least a minute apart; each pass costs what it prunes).
+PRUNE_INTERVAL = 3600.0
+MIN_PRUNE_INTERVAL = 60.0
+
+ChangeListener = Callable[[Change], object]
+
+
+def prune_interval(keep_versions: bool | float) -> float | None:
+    """
+    Seconds between pruning passes; C{None} when versions are kept
+    forever.
+    """
+    if keep_versions is True:
+        return None
+    keep = 0.0 if keep_versions is False else float(keep_versions)
+    return min(PRUNE_INTERVAL, max(MIN_PRUNE_INTERVAL, keep / 10))
+
+
+def _wait_in_pool(pool: ThreadPool, work: Callable):
+    """
+    Run C{work} in C{pool} and block until it is done: for start-up
+    only, before the daemon serves.
+    """
+    done = threading.Event()
+    outcome: list = []
+
+    def finished(success: bool, result) -> None:
+        outcome.append((success, result))
+        done.set()
+
+    pool.callInThreadWithCallback(finished, work)
+    done.wait()
+    success, result = outcome[0]
+    if not success:
+        result.raiseException()
+    return result
+
+
+@implementer(IReadableFiles, IWritableFiles, IVersionedFiles, IChangeLog)
+class StorageService(Service):
+    """
+    A storage service over the database at C{db_path}.
+
+    While running it holds C{<db_path>.lock}, which is how C{owncdn log}
+    and C{owncdn rewind} know to keep their hands off.
+
+    @ivar change_listeners: callables invoked on the reactor thread with
+        each L{Change} once it is committed (the replication feed).
+    @param make_pool: builds a thread pool from C{(minthreads,
+        maxthreads, name)}; tests pass pools that run jobs inline.
+    """
+
+    def __init__(self, db_path: Path, reactor, *, case_sensitive: bool = True,
+                 keep_versions: bool | float = True, replica: dict | None = None,
+                 make_pool: Callable[[int, int, str], ThreadPool] = ThreadPool):
+        self.db_path = Path(db_path)
+        self.case_sensitive = case_sensitive
+        self.keep_versions = keep_versions
+        self.replica = replica
+        self.change_listeners: list[ChangeListener] = []
+        self.dbid: str | None = None
+        self._reactor = reactor
+        self._make_pool = make_pool
+        self._engine = StorageEngine(self.db_path)
+        self._lock = FileLock(Path(f"{self.db_path}.lock"))
+        self._writer_pool: ThreadPool | None = None
+        self._reader_pool: ThreadPool | None = None
+        self._pruning: LoopingCall | None = None
+        self._small_files = SmallFileCache()
+        self._last_change_id = 0
+        self._last_applied = 0
+        self._source_dbid: str | None = None
+        # Bumped after every commit; a read that started before a commit
+        # must not put what it read into the small-file cache.
+        self._commits = 0
+
+    # Service
+
+    def startService(self) -> None:
+        """
+        Take the database lock, open the database in the writer thread
+        and start the reader threads.
+
+        Start-up waits for the open (it happens before the daemon serves
+        anything), so that a database that is locked, corrupt or too new
+        stops the daemon with its error, and so that the change IDs kept
+        in memory are right before any other service asks for them.
+
+        @raise LockedByOther: another process holds the database.
+        """
+        try:
+            self._lock.acquire(f"{os.getpid()}\n")
+        except LockedByOther:
+            raise LockedByOther(
+                f"{self.db_path} is in use by another process "
+                f"(pid {lock_note(self._lock.path).strip() or 'unknown'})"
+            ) from None
+        name = self.db_path.stem
+        self._writer_pool = self._make_pool(1, 1, f"storage-{name}-writer")
+        self._writer_pool.start()
+        try:
+            state = _wait_in_pool(self._writer_pool, self._engine.open)
+        except BaseException:
+            self._writer_pool.stop()
+            self._writer_pool = None
+            self._lock.release()
+            raise
+        super().startService()
+        self.dbid = state.dbid
+        self._last_change_id = state.last_change_id
+        self._last_applied = state.last_applied
+        self._source_dbid = state.source_dbid
+        self._reader_pool = self._make_pool(0, READER_THREADS, f"storage-{name}-readers")
+        self._reader_pool.start()
+        log.info("storage {db} open at change {last}", db=str(self.db_path),
+                 last=state.last_change_id)
+        interval = prune_interval(self.keep_versions)
+        if interval is not None:
+            self._pruning = LoopingCall(self._prune_quietly)
+            self._pruning.clock = self._reactor
+            self._pruning.start(interval, now=True)
+
+    def stopService(self) -> Deferred:
+        """
+        Stop pruning, let running reads and queued writes finish, close
+        the database in the writer thread, then release the lock.  Safe
+        after a failed start and when called twice.
+        """
+        super().stopService()
+        if self._pruning is not None and self._pruning.running:
+            self._pruning.stop()
+        writer, readers = self._writer_pool, self._reader_pool
+        self._writer_pool = self._reader_pool = None
+        if readers is not None:
+            readers.stop()
+        if writer is None:
+            self._lock.release()
+            return succeed(None)
+        d = deferToThreadPool(self._reactor, writer, self._engine.close)
+
+        def finish(result):
+            writer.stop()
+            self._lock.release()
+            return result
+
+        return d.addBoth(finish)
+
+    # Threads
+
+    def _in_writer(self, work: Callable, *args) -> Deferred:
+        if self._writer_pool is None:
+            return fail(StorageClosed(f"{self.db_path} is not running"))
+        return deferToThreadPool(self._reactor, self._writer_pool, work, *args)
+
+    def _in_reader(self, work: Callable, *args) -> Deferred:
+        if self._reader_pool is None:
+            return fail(StorageClosed(f"{self.db_path} is not running"))
+        return deferToThreadPool(self._reactor, self._reader_pool, work, *args)
+
+    def _read_chunk(self, change_id: int, index: int, decode: bool) -> Deferred:
+        return self._in_reader(self._engine.read_chunk, change_id, index, decode)
+
+    def _key(self, path: str) -> str:
+        return path if self.case_sensitive else fold_case(path)
+
+    def _committed(self, change: Change, loaded: LoadedVersion | None) -> None:
+        """
+        Bring what the service keeps in memory up to date with a commit,
+        then tell the listeners.
+        """
+        self._commits += 1
+        self._last_change_id = max(self._last_change_id, change.id)
+        if loaded is not None and loaded.data is not None:
+            self._small_files.add(change.path, loaded)
+        else:
+            self._small_files.discard(change.path)
+        for listener in list(self.change_listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.failure("change listener {listener!r} failed on change {id}",
+                            listener=listener, id=change.id)
+
+    # IReadableFiles
+
+    def get(self, path: str, version: str | None = None, query: str = "") -> Deferred:
+        key = self._key(path)
+        cached = self._small_files.get(key)
+        if cached is not None and version in (None, cached.stored.info.version):
+            return succeed(self._memory_body(cached))
+        commits = self._commits
+        d = self._in_reader(self._engine.open_version, key, version)
+        return d.addCallback(self._body, key, commits)
+
+    def _memory_body(self, loaded: LoadedVersion) -> BytesBody:
+        return BytesBody(loaded.stored.info, loaded.data, loaded.stored.chunk_size,
+                         loaded.br)
+
+    def _body(self, loaded: LoadedVersion, key: str, commits: int):
+        if loaded.data is None:
+            return StoredBody(loaded.stored, self._read_chunk)
+        if loaded.stored.info.current and commits == self._commits:
+            self._small_files.add(key, loaded)
+        return self._memory_body(loaded)
+
+    def list(self, prefix: str, after: str | None, limit: int) -> Deferred:
+        after = None if after is None else self._key(after)
+        return self._in_reader(self._engine.list_files, self._key(prefix), after, limit)
+
+    # IWritableFiles
+
+    def put(self, path: str, body: BinaryIO, content_type: str | None = None,
+            metadata: dict | None = None, expected_md5: bytes | None = None,
+            expected_sha256: bytes | None = None) -> Deferred:
+        if self.replica is not None:
+            return fail(self._read_only())
+        key = self._key(path)
+        d = self._in_writer(
+            self._engine.put, key, body, content_type or guess_content_type(key),
+            metadata, expected_md5, expected_sha256, self._reactor.seconds(),
+        )
+
+        def stored(result: tuple[Change, LoadedVersion]) -> FileInfo:
+            change, loaded = result
+            self._committed(change, loaded)
+            return loaded.stored.info
+
+        return d.addCallback(stored)
+
+    def delete(self, path: str) -> Deferred:
+        if self.replica is not None:
+            return fail(self._read_only())
+        d = self._in_writer(self._engine.delete, self._key(path), self._reactor.seconds())
+
+        def deleted(change: Change) -> FileInfo:
+            self._committed(change, None)
+            return info_from_change(change, current=True)
+
+        return d.addCallback(deleted)
+
+    def _read_only(self) -> ReadOnlyReplica:
+        return ReadOnlyReplica(
+            f"this storage service is a replica of {self.replica['sid']!r} "
+            f"on {self.replica['source']!r}; write to the primary"
+        )
+
+    # IVersionedFiles
+
+    def versions(self, path: str) -> Deferred:
+        return self._in_reader(self._engine.versions, self._key(path))
+
+    # IChangeLog
+
+    def last_change_id(self) -> int:
+        return self._last_change_id
+
+    def changes_after(self, after: int, limit: int) -> Deferred:
+        return self._in_reader(self._engine.changes_after, after, limit)
+
+    # Replication and housekeeping
+
+    def apply_change(self, change: Change, body: BinaryIO | None,
+                     source_dbid: str | None = None) -> Deferred:
+        """
+        Apply a change read from the primary's log, under its ID and
+        version, in one transaction with the C{last_applied} mark and
+        the primary's C{dbid}: the replica's own write path.
+
+        @param body: the content of a put, C{None} for a delete or for a
+            put whose content the primary has pruned (NoSuchVersion).
+        @return: a Deferred that fires with C{None} once committed, or
+            fails with L{owncdn.errors.BadDigest} or C{ValueError}
+            (change out of order).
+        """
+        if not self.case_sensitive:
+            change = replace(change, path=fold_case(change.path))
+        d = self._in_writer(self._engine.apply_change, change, body, source_dbid)
+
+        def applied(loaded: LoadedVersion | None) -> None:
+            self._last_applied = change.id
+            if source_dbid is not None:
+                self._source_dbid = source_dbid
+            self._committed(change, loaded)
+
+        return d.addCallback(applied)
+
+    def last_applied_id(self) -> int:
+        """
+        The newest change applied from the primary (0 if none).
+        """
+        return self._last_applied
+
+    def source_dbid(self) -> str | None:
+        """
+        The C{dbid} of the primary the applied changes came from.
+        """
+        return self._source_dbid
+
+    def prune_versions(self) -> Deferred:
+        """
+        Drop the old versions that C{keepVersions} no longer keeps.
+
+        @return: a Deferred that fires with how many were dropped.
+        """
+        if self.keep_versions is True:
+            return succeed(0)
+        keep = 0.0 if self.keep_versions is False else float(self.keep_versions)
+        return self._in_writer(self._engine.prune, self._reactor.seconds() - keep)
+
+    def _prune_quietly(self) -> Deferred:
+        # A failed pass is logged and the next one tries again; letting
+        # the failure through would stop the LoopingCall for good.
+        d = self.prune_versions()
+        d.addCallback(lambda count: count and log.info(
+            "storage {db}: pruned {count} old versions", db=str(self.db_path),
+            count=count))
+        d.addErrback(lambda failure: log.failure(
+            "storage {db}: pruning failed", failure, db=str(self.db_path)))
+        return d
+
+
+def build(service_config, context) -> StorageService:
+    """
+    The storage service of one C{services} entry: its database is
+    C{<data_dir>/<sid>.db}.
+    """
+    options = service_config.options
+    return StorageService(
+        Path(context.data_dir) / f"{service_config.id}.db",
+        context.reactor,
+        case_sensitive=options["caseSensitive"],
+        keep_versions=options["keepVersions"],
+        replica=options["replica"],
+    )

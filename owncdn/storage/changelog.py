@@ -1,0 +1,107 @@
+"""
+The change log: how a L{Change} is stored and read back.
+
+Each row of C{changes} is both a numbered change and the version it
+made, so recording a change is also what makes a version current.  The
+engine writes through these functions and the offline tools in
+L{owncdn.storage.restore} read and rewind through them.
+"""
+
+import json
+import sqlite3
+from contextlib import contextmanager
+
+from owncdn.interfaces import Change, FileInfo
+
+CHANGE_COLUMNS = (
+    "c.id, c.time, c.op, c.path, c.version, c.size, c.etag, c.sha256, "
+    "c.content_type, c.metadata"
+)
+
+
+def change_from_row(row: sqlite3.Row | tuple) -> Change:
+    """
+    The L{Change} of a row that starts with the C{CHANGE_COLUMNS}.
+    """
+    return Change(
+        id=row[0], time=row[1], op=row[2], path=row[3], version=row[4],
+        size=row[5], etag=row[6], sha256=row[7], content_type=row[8],
+        metadata=json.loads(row[9]),
+    )
+
+
+def info_from_change(change: Change, current: bool) -> FileInfo:
+    return FileInfo(
+        path=change.path, size=change.size, modified=change.time,
+        etag=change.etag, content_type=change.content_type,
+        version=change.version, sha256=change.sha256,
+        deleted=change.op == "delete", current=current,
+        metadata=change.metadata,
+    )
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection):
+    """
+    C{BEGIN IMMEDIATE} ... C{COMMIT}, rolled back on any exception.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def record_change(conn: sqlite3.Connection, change: Change, chunk_size: int,
+                  pruned: bool = False) -> None:
+    """
+    Insert C{change} into the log and make it the current state of its
+    path.  A pruned put (content gone) leaves the path without a live
+    file, like a delete does.
+    """
+    conn.execute(
+        "UPDATE changes SET superseded = ? WHERE superseded IS NULL AND path = ?",
+        (change.time, change.path),
+    )
+    conn.execute(
+        "INSERT INTO changes (id, time, op, path, version, size, etag, sha256,"
+        " content_type, metadata, chunk_size, pruned)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (change.id, change.time, change.op, change.path, change.version,
+         change.size, change.etag, change.sha256, change.content_type,
+         json.dumps(change.metadata, sort_keys=True), chunk_size, pruned),
+    )
+    if change.op == "put" and not pruned:
+        conn.execute(
+            "INSERT OR REPLACE INTO files (path, change_id) VALUES (?, ?)",
+            (change.path, change.id),
+        )
+    else:
+        conn.execute("DELETE FROM files WHERE path = ?", (change.path,))
+
+
+def next_change_id(conn: sqlite3.Connection) -> int:
+    """
+    The ID the next change gets: one past the highest ever handed out,
+    which AUTOINCREMENT remembers in sqlite_sequence even after a rewind
+    removed those changes.
+    """
+    return conn.execute(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0) + 1"
+    ).fetchone()[0]
+
+
+def last_change_id(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(id), 0) FROM changes").fetchone()[0]
+
+
+def read_meta(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def write_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))

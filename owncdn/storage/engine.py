@@ -1,0 +1,443 @@
+"""
+The storage engine: versioned files, their chunks and the change log in
+one SQLite database.
+
+Everything here blocks, so only worker threads call it: writes from one
+writer thread on the single writer connection, reads from any number of
+reader threads, each on a connection of its own.  In WAL mode readers
+see the last committed state and never wait for the writer, and the
+writer never waits for them.  Every write (the version row, its chunks,
+the change-log row) commits in one transaction, so a crash at any point
+leaves either the whole version or nothing.
+"""
+
+import hashlib
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from owncdn.errors import NoSuchFile, NoSuchVersion
+from owncdn.interfaces import Change, FileInfo
+from owncdn.storage import (
+    SMALL_FILE_LIMIT,
+    DeleteMarkerVersion,
+    check_digests,
+    version_id,
+)
+from owncdn.storage.changelog import (
+    CHANGE_COLUMNS,
+    change_from_row,
+    info_from_change,
+    last_change_id,
+    next_change_id,
+    read_meta,
+    record_change,
+    write_meta,
+    write_transaction,
+)
+from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk, read_blocks
+from owncdn.storage.schema import connect, connect_writer
+
+# The version columns, whether the version is the newest of its path,
+# and (for single-chunk files) how chunk 0 is stored.  length() of a
+# BLOB reads no content; the CASE reads it only for small files.
+_OPEN_VERSION = f"""
+    SELECT {CHANGE_COLUMNS}, c.chunk_size, c.pruned, c.superseded IS NULL,
+           k.compressed, length(k.data),
+           CASE WHEN c.size <= :small THEN k.data END
+    FROM changes c
+    LEFT JOIN chunks k ON k.change_id = c.id AND k.idx = 0 AND c.size <= c.chunk_size
+"""
+
+
+class StorageClosed(Exception):
+    """
+    The engine is not open (never opened, failed to open, or closed).
+    """
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """
+    Where one version's content lives.
+
+    @ivar br_size: the stored size of the content when it is one chunk
+        kept Brotli-compressed (a complete C{br} stream), else C{None}.
+    """
+
+    change_id: int
+    info: FileInfo
+    chunk_size: int
+    br_size: int | None
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """
+    A version opened for reading.  Small files come with their whole
+    content (C{data}, and C{br} when stored compressed), so they can be
+    served without going back to the database.
+    """
+
+    stored: StoredVersion
+    data: bytes | None
+    br: bytes | None
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """
+    The smallest string greater than every string that starts with
+    C{prefix}, in code point order (which is UTF-8 byte order, the order
+    of SQLite's BINARY collation); C{None} when there is none.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """
+    What the service keeps in memory about the database once open.
+
+    @ivar last_applied: the newest change applied from the primary
+        (replicas; 0 otherwise).
+    @ivar source_dbid: the C{dbid} of the primary those changes came
+        from, C{None} before the first.
+    """
+
+    dbid: str
+    last_change_id: int
+    last_applied: int
+    source_dbid: str | None
+
+
+@dataclass
+class _Content:
+    """
+    What storing a body found out.  C{first} and C{first_stored} are
+    kept only while the body is a single chunk.
+    """
+
+    size: int
+    md5: bytes
+    sha256: bytes
+    chunk_count: int
+    first: bytes | None
+    first_stored: bytes | None
+    first_compressed: bool
+
+
+class StorageEngine:
+    """
+    One storage database.  L{open} and every write method run in the
+    writer thread; the read methods in any thread.
+    """
+
+    def __init__(self, db_path: Path, chunk_size: int = CHUNK_SIZE,
+                 small_file_limit: int = SMALL_FILE_LIMIT):
+        self.db_path = Path(db_path)
+        self.chunk_size = chunk_size
+        self.small_file_limit = small_file_limit
+        self.dbid: str | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def open(self) -> DatabaseState:
+        """
+        Create or upgrade the database and open the writer connection.
+        """
+        conn = connect_writer(self.db_path)
+        self.dbid = read_meta(conn, "dbid")
+        self._writer = conn
+        return DatabaseState(
+            dbid=self.dbid,
+            last_change_id=last_change_id(conn),
+            last_applied=int(read_meta(conn, "last_applied") or 0),
+            source_dbid=read_meta(conn, "source_dbid"),
+        )
+
+    def close(self) -> None:
+        """
+        Close every connection.  Call once no reader thread is running.
+        """
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._local = threading.local()
+
+    def _writing(self):
+        if self._writer is None:
+            raise StorageClosed(f"{self.db_path} is not open")
+        return write_transaction(self._writer)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._writer is None:
+                raise StorageClosed(f"{self.db_path} is not open")
+            conn = connect(self.db_path)
+            conn.execute("PRAGMA query_only = 1")
+            with self._readers_lock:
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
+
+    # Writes: writer thread only.
+
+    def put(self, path: str, body: BinaryIO, content_type: str,
+            metadata: dict | None, expected_md5: bytes | None,
+            expected_sha256: bytes | None, now: float) -> tuple[Change, LoadedVersion]:
+        """
+        Store C{body} as the new current version of C{path}.
+
+        @raise BadDigest: an expected digest did not match; nothing was
+            stored.
+        """
+        with self._writing() as conn:
+            change_id = next_change_id(conn)
+            content = self._store_content(conn, change_id, body)
+            check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
+            change = Change(
+                id=change_id, time=now, op="put", path=path,
+                version=version_id(change_id), size=content.size,
+                etag=content.md5.hex(), sha256=content.sha256.hex(),
+                content_type=content_type, metadata=dict(metadata or {}),
+            )
+            record_change(conn, change, self.chunk_size)
+        return change, self._written(change, content)
+
+    def delete(self, path: str, now: float) -> Change:
+        """
+        Add a delete marker on top of C{path}.
+
+        @raise NoSuchFile: C{path} has no live current version.
+        """
+        with self._writing() as conn:
+            if not conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone():
+                raise NoSuchFile(f"no file {path!r}")
+            change_id = next_change_id(conn)
+            change = Change(
+                id=change_id, time=now, op="delete", path=path,
+                version=version_id(change_id), size=0, etag="", sha256=None,
+                content_type="", metadata={},
+            )
+            record_change(conn, change, self.chunk_size)
+        return change
+
+    def apply_change(self, change: Change, body: BinaryIO | None,
+                     source_dbid: str | None = None) -> LoadedVersion | None:
+        """
+        Write a change made on the primary, under its change ID and
+        version, together with the C{last_applied} mark and the
+        primary's C{dbid}.
+
+        @param body: the content of a put; C{None} when the primary no
+            longer has it (pruned), which records the change without
+            content.
+        @return: the loaded version of a put with content, else C{None}.
+        @raise BadDigest: C{body} is not what the change describes.
+        @raise ValueError: C{change} is not newer than the log.
+        """
+        with self._writing() as conn:
+            newest = last_change_id(conn)
+            if change.id <= newest:
+                raise ValueError(f"change {change.id} is not after change {newest}")
+            content = None
+            if change.op == "put" and body is not None:
+                content = self._store_content(conn, change.id, body)
+                check_digests(
+                    content.md5, content.sha256, bytes.fromhex(change.etag),
+                    bytes.fromhex(change.sha256) if change.sha256 else None,
+                )
+            pruned = change.op == "put" and content is None
+            record_change(conn, change, self.chunk_size, pruned=pruned)
+            write_meta(conn, "last_applied", str(change.id))
+            if source_dbid is not None:
+                write_meta(conn, "source_dbid", source_dbid)
+        return None if content is None else self._written(change, content)
+
+    def _store_content(self, conn: sqlite3.Connection, change_id: int,
+                       body: BinaryIO) -> _Content:
+        md5, sha256 = hashlib.md5(), hashlib.sha256()
+        content = _Content(0, b"", b"", 0, None, None, False)
+        for block in read_blocks(body, self.chunk_size):
+            md5.update(block)
+            sha256.update(block)
+            stored, compressed = encode_chunk(block)
+            conn.execute(
+                "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
+                (change_id, content.chunk_count, compressed, stored),
+            )
+            if content.chunk_count == 0:
+                content.first, content.first_stored = block, stored
+                content.first_compressed = compressed
+            else:
+                # Past one chunk there is no small file and no br
+                # alternate: drop them so memory stays flat.
+                content.first = content.first_stored = None
+            content.chunk_count += 1
+            content.size += len(block)
+        content.md5, content.sha256 = md5.digest(), sha256.digest()
+        return content
+
+    def _written(self, change: Change, content: _Content) -> LoadedVersion:
+        single_br = content.chunk_count == 1 and content.first_compressed
+        stored = StoredVersion(
+            change_id=change.id, info=info_from_change(change, current=True),
+            chunk_size=self.chunk_size,
+            br_size=len(content.first_stored) if single_br else None,
+        )
+        if content.size > self.small_file_limit:
+            return LoadedVersion(stored, None, None)
+        return LoadedVersion(
+            stored, content.first or b"",
+            content.first_stored if single_br else None,
+        )
+
+    def prune(self, cutoff: float) -> int:
+        """
+        Drop the content of every version superseded at or before
+        C{cutoff} (the time of the change that replaced it), and of
+        every current delete marker made at or before it: by then every
+        older version of that path is gone too, so the marker hides
+        nothing.  The change-log rows stay, marked pruned.
+
+        @return: how many versions were pruned.
+        """
+        with self._writing() as conn:
+            ids = [row[0] for row in conn.execute(
+                """
+                SELECT id FROM changes
+                WHERE pruned = 0 AND superseded IS NOT NULL AND superseded <= :cutoff
+                UNION ALL
+                SELECT id FROM changes
+                WHERE op = 'delete' AND superseded IS NULL AND pruned = 0
+                AND time <= :cutoff
+                """,
+                {"cutoff": cutoff},
+            )]
+            for change_id in ids:
+                conn.execute("UPDATE changes SET pruned = 1 WHERE id = ?", (change_id,))
+                conn.execute("DELETE FROM chunks WHERE change_id = ?", (change_id,))
+        return len(ids)
+
+    # Reads: any thread.
+
+    def open_version(self, path: str, version: str | None = None) -> LoadedVersion:
+        """
+        Find the current version of C{path}, or the given version.
+
+        @raise NoSuchFile: C{path} has no live current version.
+        @raise NoSuchVersion: C{path} has no version C{version}.
+        @raise DeleteMarkerVersion: that version is a delete marker.
+        """
+        conn = self._reader()
+        params = {"small": self.small_file_limit, "path": path, "version": version}
+        if version is None:
+            row = conn.execute(
+                _OPEN_VERSION + " JOIN files f ON f.change_id = c.id WHERE f.path = :path",
+                params,
+            ).fetchone()
+            if row is None:
+                raise NoSuchFile(f"no file {path!r}")
+        else:
+            row = conn.execute(
+                _OPEN_VERSION + " WHERE c.version = :version AND c.path = :path",
+                params,
+            ).fetchone()
+            if row is None or row[11]:
+                raise NoSuchVersion(f"no version {version!r} of {path!r}")
+            if row[2] == "delete":
+                raise DeleteMarkerVersion(
+                    f"version {version!r} of {path!r} is a delete marker"
+                )
+        change = change_from_row(row)
+        compressed, stored_size, stored = row[13], row[14], row[15]
+        br_size = stored_size if compressed else None
+        found = StoredVersion(
+            change_id=change.id, info=info_from_change(change, bool(row[12])),
+            chunk_size=row[10], br_size=br_size,
+        )
+        if change.size > self.small_file_limit:
+            return LoadedVersion(found, None, None)
+        if change.size == 0:
+            return LoadedVersion(found, b"", None)
+        return LoadedVersion(
+            found, decode_chunk(stored, bool(compressed)),
+            stored if compressed else None,
+        )
+
+    def read_chunk(self, change_id: int, index: int, decode: bool = True) -> bytes:
+        """
+        One chunk of a version: its original bytes, or with
+        C{decode=False} the bytes as stored.
+
+        @raise NoSuchVersion: the chunk is gone (the version was pruned
+            while it was being read).
+        """
+        row = self._reader().execute(
+            "SELECT compressed, data FROM chunks WHERE change_id = ? AND idx = ?",
+            (change_id, index),
+        ).fetchone()
+        if row is None:
+            raise NoSuchVersion(f"the content of change {change_id} is no longer stored")
+        return decode_chunk(row[1], bool(row[0])) if decode else row[1]
+
+    def list_files(self, prefix: str, after: str | None,
+                   limit: int) -> tuple[list[FileInfo], str | None]:
+        """
+        Current live files under C{prefix}, after C{after}, in UTF-8
+        byte order; see L{owncdn.interfaces.IReadableFiles.list}.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        where = ["f.path >= :prefix"]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            where.append("f.path < :upper")
+        if after is not None:
+            where.append("f.path > :after")
+        rows = self._reader().execute(
+            f"SELECT {CHANGE_COLUMNS} FROM files f JOIN changes c ON c.id = f.change_id"
+            f" WHERE {' AND '.join(where)} ORDER BY f.path LIMIT :limit",
+            {"prefix": prefix, "upper": upper, "after": after, "limit": limit + 1},
+        ).fetchall()
+        infos = [info_from_change(change_from_row(row), True) for row in rows[:limit]]
+        return infos, (infos[-1].path if len(rows) > limit else None)
+
+    def versions(self, path: str) -> list[FileInfo]:
+        """
+        Every kept version of C{path}, delete markers included, newest
+        first.
+
+        @raise NoSuchFile: none is kept.
+        """
+        rows = self._reader().execute(
+            f"SELECT {CHANGE_COLUMNS}, c.superseded IS NULL FROM changes c"
+            " WHERE c.path = ? AND c.pruned = 0 ORDER BY c.id DESC",
+            (path,),
+        ).fetchall()
+        if not rows:
+            raise NoSuchFile(f"no file {path!r}")
+        return [info_from_change(change_from_row(row), bool(row[10])) for row in rows]
+
+    def changes_after(self, after: int, limit: int) -> list[Change]:
+        rows = self._reader().execute(
+            f"SELECT {CHANGE_COLUMNS} FROM changes c WHERE c.id > ? ORDER BY c.id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [change_from_row(row) for row in rows]

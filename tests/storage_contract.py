@@ -1,0 +1,326 @@
+"""
+The behaviour every versioned file store shows its callers, as a mixin
+run against each implementation (the SQLite storage service and
+L{owncdn.testing.MemoryFiles}).
+
+A test case mixing this in is a C{SynchronousTestCase} and provides
+C{make_files(case_sensitive=True)}, returning a ready store whose
+Deferreds fire at once, and C{clock}, the L{Clock} it takes times from.
+"""
+
+import hashlib
+import io
+import os
+
+import brotli
+from zope.interface.verify import verifyObject
+
+from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
+from owncdn.interfaces import IChangeLog, IReadableFiles, IVersionedFiles, IWritableFiles
+from owncdn.storage import DeleteMarkerVersion
+from owncdn.storage.chunks import CHUNK_SIZE
+
+TEXT = b"body { color: #333; margin: 0 auto; }\n" * 400
+# Listing order is UTF-8 byte order: U+FFFF sorts before U+1F600 here,
+# though not in UTF-16, and "a-b" < "a/b" < "ab".
+PATHS = ["ab", "a/b", "a-b", "a", "\U0001F600", "\uffff", "\u00e9", "Z", "a/b/c"]
+
+
+class FileServiceContractMixin:
+    chunk_size = CHUNK_SIZE
+
+    def setUp(self):
+        super().setUp()
+        self.files = self.make_files()
+
+    def put(self, path: str, data: bytes, **kwargs):
+        return self.successResultOf(self.files.put(path, io.BytesIO(data), **kwargs))
+
+    def read_all(self, body) -> bytes:
+        pieces, offset = [], 0
+        while True:
+            piece = self.successResultOf(body.read(offset, 1 << 40))
+            if not piece:
+                return b"".join(pieces)
+            pieces.append(piece)
+            offset += len(piece)
+
+    def fetch(self, path: str, version: str | None = None) -> bytes:
+        return self.read_all(self.successResultOf(self.files.get(path, version)))
+
+    def test_interfaces(self):
+        """The store provides every interface of a versioned file service."""
+        for interface in (IReadableFiles, IWritableFiles, IVersionedFiles, IChangeLog):
+            self.assertTrue(verifyObject(interface, self.files))
+
+    def test_round_trip(self):
+        """Stored bytes come back exactly, with size, digests and content type."""
+        info = self.put("css/site.css", TEXT, content_type="text/css; charset=utf-8")
+        self.assertEqual(info.size, len(TEXT))
+        self.assertEqual(info.etag, hashlib.md5(TEXT).hexdigest())
+        self.assertEqual(info.sha256, hashlib.sha256(TEXT).hexdigest())
+        self.assertEqual(info.content_type, "text/css; charset=utf-8")
+        self.assertTrue(info.current)
+        self.assertFalse(info.deleted)
+        self.assertEqual(info.modified, self.clock.seconds())
+        body = self.successResultOf(self.files.get("css/site.css"))
+        self.assertEqual(body.info, info)
+        self.assertEqual(self.read_all(body), TEXT)
+
+    def test_empty_file(self):
+        """An empty file round-trips as zero bytes and reads as b''."""
+        info = self.put("empty", b"")
+        self.assertEqual((info.size, info.etag), (0, hashlib.md5(b"").hexdigest()))
+        body = self.successResultOf(self.files.get("empty"))
+        self.assertEqual(self.successResultOf(body.read(0, 100)), b"")
+        self.assertIsNone(body.alternate("br"))
+
+    def test_multi_chunk_file(self):
+        """A file of several chunks round-trips, each read ending at a chunk end."""
+        data = os.urandom(self.chunk_size * 2 + 12345)
+        self.put("big.bin", data)
+        body = self.successResultOf(self.files.get("big.bin"))
+        sizes = []
+        offset = 0
+        while piece := self.successResultOf(body.read(offset, 1 << 40)):
+            sizes.append(len(piece))
+            self.assertEqual(piece, data[offset:offset + len(piece)])
+            offset += len(piece)
+        self.assertEqual(sizes, [self.chunk_size, self.chunk_size, 12345])
+
+    def test_read_across_chunk_boundary(self):
+        """A range crossing a chunk boundary is read in two reads, exactly."""
+        data = os.urandom(self.chunk_size + 100)
+        self.put("range.bin", data)
+        body = self.successResultOf(self.files.get("range.bin"))
+        start = self.chunk_size - 10
+        first = self.successResultOf(body.read(start, 30))
+        self.assertEqual(first, data[start:self.chunk_size])
+        second = self.successResultOf(body.read(self.chunk_size, 20))
+        self.assertEqual(first + second, data[start:start + 30])
+        self.assertEqual(self.successResultOf(body.read(len(data), 10)), b"")
+        self.assertEqual(self.successResultOf(body.read(5, 3)), data[5:8])
+
+    def test_versions_newest_first(self):
+        """Every put is a new version; versions() lists them newest first."""
+        first = self.put("doc.txt", b"one")
+        self.clock.advance(1)
+        second = self.put("doc.txt", b"two")
+        self.assertNotEqual(first.version, second.version)
+        listed = self.successResultOf(self.files.versions("doc.txt"))
+        self.assertEqual([v.version for v in listed], [second.version, first.version])
+        self.assertEqual([v.current for v in listed], [True, False])
+        self.assertEqual([v.size for v in listed], [3, 3])
+        self.assertEqual(self.fetch("doc.txt"), b"two")
+        self.assertEqual(self.fetch("doc.txt", first.version), b"one")
+        old = self.successResultOf(self.files.get("doc.txt", first.version))
+        self.assertFalse(old.info.current)
+
+    def test_delete_marker(self):
+        """Delete adds a marker: the file is gone, its old versions are not."""
+        kept = self.put("gone.txt", b"bytes")
+        marker = self.successResultOf(self.files.delete("gone.txt"))
+        self.assertTrue(marker.deleted)
+        self.assertTrue(marker.current)
+        self.failureResultOf(self.files.get("gone.txt"), NoSuchFile)
+        listed = self.successResultOf(self.files.versions("gone.txt"))
+        self.assertEqual([(v.version, v.deleted, v.current) for v in listed],
+                         [(marker.version, True, True), (kept.version, False, False)])
+        self.assertEqual(self.fetch("gone.txt", kept.version), b"bytes")
+        failure = self.failureResultOf(self.files.get("gone.txt", marker.version),
+                                       NoSuchVersion)
+        self.assertIsInstance(failure.value, DeleteMarkerVersion)
+
+    def test_delete_needs_a_live_file(self):
+        """Deleting a missing or already deleted path is NoSuchFile."""
+        self.failureResultOf(self.files.delete("never"), NoSuchFile)
+        self.put("once", b"x")
+        self.successResultOf(self.files.delete("once"))
+        self.failureResultOf(self.files.delete("once"), NoSuchFile)
+
+    def test_put_after_delete(self):
+        """A put after a delete makes the path live and listed again."""
+        self.put("back", b"1")
+        self.successResultOf(self.files.delete("back"))
+        self.put("back", b"2")
+        self.assertEqual(self.fetch("back"), b"2")
+        infos, _ = self.successResultOf(self.files.list("", None, 10))
+        self.assertEqual([i.path for i in infos], ["back"])
+
+    def test_missing(self):
+        """Unknown paths and versions are NoSuchFile and NoSuchVersion."""
+        self.failureResultOf(self.files.get("nothing"), NoSuchFile)
+        self.failureResultOf(self.files.versions("nothing"), NoSuchFile)
+        info = self.put("other", b"x")
+        self.put("one", b"y")
+        self.failureResultOf(self.files.get("one", "999999"), NoSuchVersion)
+        self.failureResultOf(self.files.get("one", info.version), NoSuchVersion)
+        self.failureResultOf(self.files.get("nothing", info.version), NoSuchVersion)
+
+    def test_listing_order(self):
+        """Listing is in UTF-8 byte order and shows current live files only."""
+        for path in PATHS:
+            self.put(path, path.encode())
+        self.put("deleted", b"x")
+        self.successResultOf(self.files.delete("deleted"))
+        infos, following = self.successResultOf(self.files.list("", None, 100))
+        self.assertEqual([i.path for i in infos],
+                         sorted(PATHS, key=lambda p: p.encode("utf-8")))
+        self.assertIsNone(following)
+        self.assertEqual(infos[0].size, len(infos[0].path.encode()))
+
+    def test_listing_pages(self):
+        """Paging with after/limit visits every file once; next is None at the end."""
+        paths = [f"p/{n:03d}" for n in range(7)]
+        for path in paths:
+            self.put(path, b"x")
+        seen, after = [], None
+        pages = 0
+        while True:
+            infos, after = self.successResultOf(self.files.list("p/", after, 3))
+            pages += 1
+            seen += [i.path for i in infos]
+            if after is None:
+                break
+            self.assertEqual(after, infos[-1].path)
+        self.assertEqual((seen, pages), (paths, 3))
+        infos, following = self.successResultOf(self.files.list("p/", "p/003", 3))
+        self.assertEqual(([i.path for i in infos], following), (paths[4:], None))
+
+    def test_listing_prefix(self):
+        """A prefix selects exactly the paths that start with it."""
+        for path in PATHS:
+            self.put(path, b"x")
+        infos, _ = self.successResultOf(self.files.list("a/", None, 100))
+        self.assertEqual([i.path for i in infos], ["a/b", "a/b/c"])
+        infos, _ = self.successResultOf(self.files.list("a", "a/b", 100))
+        self.assertEqual([i.path for i in infos], ["a/b/c", "ab"])
+        infos, _ = self.successResultOf(self.files.list("\uffff", None, 100))
+        self.assertEqual([i.path for i in infos], ["\uffff"])
+        infos, _ = self.successResultOf(self.files.list("zz", None, 100))
+        self.assertEqual(infos, [])
+
+    def test_bad_digest_stores_nothing(self):
+        """A body that does not match its announced digest leaves no trace."""
+        before = self.files.last_change_id()
+        self.failureResultOf(self.files.put(
+            "bad", io.BytesIO(b"data"), expected_md5=hashlib.md5(b"other").digest()),
+            BadDigest)
+        self.failureResultOf(self.files.put(
+            "bad", io.BytesIO(b"data"), expected_sha256=hashlib.sha256(b"x").digest()),
+            BadDigest)
+        self.failureResultOf(self.files.get("bad"), NoSuchFile)
+        self.failureResultOf(self.files.versions("bad"), NoSuchFile)
+        self.assertEqual(self.files.last_change_id(), before)
+        self.assertEqual(self.successResultOf(self.files.changes_after(before, 10)), [])
+        self.put("bad", b"data", expected_md5=hashlib.md5(b"data").digest(),
+                 expected_sha256=hashlib.sha256(b"data").digest())
+
+    def test_content_type_guess(self):
+        """Without a content type the extension decides, else octet-stream."""
+        self.assertEqual(self.put("a/site.css", b"x").content_type, "text/css")
+        self.assertEqual(self.put("app.js", b"x").content_type, "text/javascript")
+        self.assertEqual(self.put("README", b"x").content_type, "application/octet-stream")
+        self.assertEqual(self.put("x.tar.gz", b"x").content_type, "application/gzip")
+
+    def test_metadata_kept(self):
+        """Metadata given with a put comes back with the file."""
+        self.put("meta", b"x", metadata={"cache-control": "max-age=60"})
+        body = self.successResultOf(self.files.get("meta"))
+        self.assertEqual(body.info.metadata, {"cache-control": "max-age=60"})
+
+    def test_case_sensitive(self):
+        """A case-sensitive store keeps paths differing in case apart."""
+        self.put("Readme.TXT", b"upper")
+        self.put("readme.txt", b"lower")
+        self.assertEqual(self.fetch("Readme.TXT"), b"upper")
+        self.failureResultOf(self.files.get("README.txt"), NoSuchFile)
+
+    def test_case_insensitive(self):
+        """A case-insensitive store folds paths (not queries) on store and lookup."""
+        files = self.make_files(case_sensitive=False)
+        info = self.successResultOf(files.put("Dir/Photo.JPG", io.BytesIO(b"one")))
+        self.assertEqual((info.path, info.content_type), ("dir/photo.jpg", "image/jpeg"))
+        self.successResultOf(files.put("DIR/photo.jpg", io.BytesIO(b"two")))
+        body = self.successResultOf(files.get("dir/PHOTO.jpg"))
+        self.assertEqual(self.read_all(body), b"two")
+        listed = self.successResultOf(files.versions("Dir/Photo.jpg"))
+        self.assertEqual(len(listed), 2)
+        infos, _ = self.successResultOf(files.list("DIR/", None, 10))
+        self.assertEqual([i.path for i in infos], ["dir/photo.jpg"])
+        self.successResultOf(files.put("Q?Size=Big", io.BytesIO(b"q")))
+        self.assertEqual(self.read_all(self.successResultOf(files.get("q?Size=Big"))), b"q")
+        self.failureResultOf(files.get("q?size=big"), NoSuchFile)
+        self.successResultOf(files.delete("DIR/PHOTO.JPG"))
+        self.failureResultOf(files.get("dir/photo.jpg"), NoSuchFile)
+
+    def test_change_log(self):
+        """Puts and deletes are numbered changes, in order, after any ID."""
+        first = self.put("log/a", b"a")
+        self.clock.advance(5)
+        marker = self.successResultOf(self.files.delete("log/a"))
+        changes = self.successResultOf(self.files.changes_after(0, 10))
+        self.assertEqual([(c.op, c.path, c.version) for c in changes],
+                         [("put", "log/a", first.version), ("delete", "log/a", marker.version)])
+        self.assertLess(changes[0].id, changes[1].id)
+        self.assertEqual(changes[0].etag, first.etag)
+        self.assertEqual(changes[1].time - changes[0].time, 5)
+        self.assertEqual(self.files.last_change_id(), changes[1].id)
+        self.assertEqual(self.successResultOf(self.files.changes_after(0, 1)), changes[:1])
+        self.assertEqual(self.successResultOf(self.files.changes_after(changes[1].id, 5)), [])
+
+    def test_change_listeners(self):
+        """Listeners hear of every committed change."""
+        heard = []
+        self.files.change_listeners.append(heard.append)
+        self.put("heard", b"x")
+        self.successResultOf(self.files.delete("heard"))
+        self.assertEqual([c.op for c in heard], ["put", "delete"])
+        self.assertEqual(heard[-1].id, self.files.last_change_id())
+
+    def test_brotli_alternate(self):
+        """A compressible one-chunk file offers its stored bytes as br."""
+        self.put("style.css", TEXT)
+        body = self.successResultOf(self.files.get("style.css"))
+        self.assertIsNone(body.alternate("gzip"))
+        encoded = body.alternate("br")
+        stream = self.read_all(encoded)
+        self.assertEqual(encoded.info.size, len(stream))
+        self.assertLess(len(stream), len(TEXT))
+        self.assertEqual(brotli.decompress(stream), TEXT)
+        self.assertIsNone(encoded.alternate("br"))
+
+    def test_no_brotli_alternate(self):
+        """Incompressible and multi-chunk files have no br alternate."""
+        self.put("noise", os.urandom(5000))
+        self.assertIsNone(self.successResultOf(self.files.get("noise")).alternate("br"))
+        self.put("long.txt", TEXT * (self.chunk_size // len(TEXT) + 1))
+        self.assertIsNone(self.successResultOf(self.files.get("long.txt")).alternate("br"))
+
+    def test_apply_change(self):
+        """A replicated change is stored under the primary's ID and version."""
+        source = self.make_files()
+        source.put("r/x", io.BytesIO(b"abc"))
+        source.delete("r/x")
+        source.put("r/y", io.BytesIO(b"yy"))
+        for change in self.successResultOf(source.changes_after(0, 10)):
+            data = self.read_all(self.successResultOf(
+                source.get(change.path, change.version))) if change.op == "put" else None
+            self.successResultOf(self.files.apply_change(
+                change, None if data is None else io.BytesIO(data), source.dbid))
+        self.assertEqual(self.successResultOf(self.files.changes_after(0, 10)),
+                         self.successResultOf(source.changes_after(0, 10)))
+        self.assertEqual(self.files.last_applied_id(), source.last_change_id())
+        self.assertEqual(self.files.source_dbid(), source.dbid)
+        self.assertEqual(self.fetch("r/y"), b"yy")
+        self.failureResultOf(self.files.get("r/x"), NoSuchFile)
+
+    def test_apply_change_checks(self):
+        """A replicated change out of order or with wrong bytes is refused."""
+        source = self.make_files()
+        source.put("r/z", io.BytesIO(b"right"))
+        change = self.successResultOf(source.changes_after(0, 1))[0]
+        self.failureResultOf(self.files.apply_change(change, io.BytesIO(b"wrong")), BadDigest)
+        self.failureResultOf(self.files.get("r/z"), NoSuchFile)
+        self.successResultOf(self.files.apply_change(change, io.BytesIO(b"right")))
+        self.failureResultOf(self.files.apply_change(change, io.BytesIO(b"right")), ValueError)
