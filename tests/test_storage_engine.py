@@ -1,0 +1,396 @@
+"""
+Tests for the storage engine and what it is built on: chunk encoding,
+the schema and its migrations, pruning, and crash consistency, all on
+real SQLite files.
+"""
+
+import hashlib
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
+from owncdn.interfaces import Change
+from owncdn.storage import version_id
+from owncdn.storage.chunks import (
+    CHUNK_SIZE,
+    chunk_span,
+    decode_chunk,
+    encode_chunk,
+    looks_compressible,
+    read_blocks,
+)
+from owncdn.storage.changelog import record_change
+from owncdn.storage.engine import StorageClosed, StorageEngine, prefix_upper_bound
+from owncdn.storage.schema import (
+    MIGRATIONS,
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    SchemaTooNew,
+    connect,
+    connect_writer,
+    migrate,
+    schema_version,
+)
+
+TEXT = b"The quick brown fox jumps over the lazy dog. " * 2000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrickleFile(io.RawIOBase):
+    """
+    A file whose reads return at most C{step} bytes, like a pipe, and
+    that remembers the largest read asked of it.
+    """
+
+    def __init__(self, data: bytes, step: int):
+        self._data = io.BytesIO(data)
+        self._step = step
+        self.largest_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self.largest_read = max(self.largest_read, size)
+        return self._data.read(min(size, self._step))
+
+
+class FailingFile(io.RawIOBase):
+    """
+    A file that fails after giving C{good} bytes.
+    """
+
+    def __init__(self, good: int):
+        self._left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            raise OSError("the client went away")
+        size = min(size, self._left)
+        self._left -= size
+        return os.urandom(size)
+
+
+class ChunkTests(SynchronousTestCase):
+    def test_text_is_compressed(self):
+        """Compressible chunks are stored as a Brotli stream that decodes back."""
+        stored, compressed = encode_chunk(TEXT)
+        self.assertTrue(compressed)
+        self.assertLess(len(stored), len(TEXT) // 10)
+        self.assertEqual(decode_chunk(stored, compressed), TEXT)
+
+    def test_random_is_kept_raw(self):
+        """Incompressible chunks are stored as they are."""
+        data = os.urandom(CHUNK_SIZE)
+        self.assertFalse(looks_compressible(data))
+        self.assertEqual(encode_chunk(data), (data, False))
+
+    def test_small_saving_is_not_worth_it(self):
+        """A chunk that would shrink by under 1/32 is kept raw."""
+        data = os.urandom(10_000) + b"a" * 200
+        self.assertEqual(encode_chunk(data), (data, False))
+
+    def test_tiny_and_empty(self):
+        """Tiny chunks are tried whole; empty ones stay empty."""
+        self.assertEqual(encode_chunk(b""), (b"", False))
+        self.assertEqual(encode_chunk(b"abc"), (b"abc", False))
+        stored, compressed = encode_chunk(b"a" * 100)
+        self.assertTrue(compressed)
+        self.assertEqual(decode_chunk(stored, True), b"a" * 100)
+
+    def test_samples_decide(self):
+        """The pre-check says no for noise and yes for text without compressing all."""
+        self.assertTrue(looks_compressible(TEXT * 10))
+        self.assertFalse(looks_compressible(os.urandom(200_000)))
+
+    def test_blocks_are_full_size(self):
+        """Blocks are exactly the chunk size whatever the file's reads return."""
+        data = os.urandom(2500)
+        source = TrickleFile(data, 7)
+        blocks = list(read_blocks(source, 1000))
+        self.assertEqual([len(b) for b in blocks], [1000, 1000, 500])
+        self.assertEqual(b"".join(blocks), data)
+        self.assertLessEqual(source.largest_read, 1000)
+
+    def test_chunk_span(self):
+        """A read stops at the end of its chunk and of the file."""
+        self.assertEqual(chunk_span(0, 10, 100, 30), (0, 0, 10))
+        self.assertEqual(chunk_span(25, 10, 100, 30), (0, 25, 30))
+        self.assertEqual(chunk_span(30, 100, 100, 30), (1, 0, 30))
+        self.assertEqual(chunk_span(95, 100, 100, 30), (3, 5, 10))
+        self.assertEqual(chunk_span(100, 10, 100, 30), (3, 10, 10))
+        self.assertEqual(chunk_span(500, 10, 100, 30), (16, 20, 20))
+        self.assertRaises(ValueError, chunk_span, -1, 10, 100, 30)
+
+
+class OrderingTests(SynchronousTestCase):
+    def test_sqlite_text_order_is_utf8_byte_order(self):
+        """SQLite's BINARY collation on TEXT sorts like UTF-8 bytes."""
+        words = ["\U0001F600", "\uffff", "\ue000", "\u00e9", "z", "a/b", "a-b", "a", ""]
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (w TEXT PRIMARY KEY)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(w,) for w in words])
+        ordered = [row[0] for row in conn.execute("SELECT w FROM t ORDER BY w")]
+        self.assertEqual(ordered, sorted(words, key=lambda w: w.encode("utf-8")))
+
+    def test_prefix_upper_bound(self):
+        """The bound is just past every string with the prefix."""
+        self.assertEqual(prefix_upper_bound("a/"), "a0")
+        self.assertEqual(prefix_upper_bound(""), None)
+        self.assertEqual(prefix_upper_bound("a\U0010FFFF"), "b")
+        self.assertEqual(prefix_upper_bound("\U0010FFFF"), None)
+        self.assertEqual(prefix_upper_bound("x\ud7ff"), "x\ue000")
+
+
+class EngineCase(SynchronousTestCase):
+    def setUp(self):
+        self.folder = Path(self.mktemp())
+        self.folder.mkdir()
+        self.engine = self.open("files.db")
+
+    def open(self, name: str, **kwargs) -> StorageEngine:
+        engine = StorageEngine(self.folder / name, **kwargs)
+        engine.open()
+        self.addCleanup(engine.close)
+        return engine
+
+    def put(self, path: str, data: bytes, now: float = 1000.0):
+        return self.engine.put(path, io.BytesIO(data), "text/plain", None, None, None, now)
+
+    def count(self, sql: str) -> int:
+        conn = connect(self.engine.db_path)
+        try:
+            return conn.execute(sql).fetchone()[0]
+        finally:
+            conn.close()
+
+    def assertIntact(self) -> None:
+        conn = connect(self.engine.db_path)
+        try:
+            self.assertEqual(conn.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+            orphans = conn.execute(
+                "SELECT count(*) FROM chunks WHERE change_id NOT IN (SELECT id FROM changes)"
+            ).fetchone()[0]
+            self.assertEqual(orphans, 0)
+        finally:
+            conn.close()
+
+
+class SchemaTests(EngineCase):
+    def test_new_database(self):
+        """A new database is at the current schema, in WAL mode, with big pages."""
+        conn = connect(self.engine.db_path)
+        self.addCleanup(conn.close)
+        self.assertEqual(schema_version(conn), SCHEMA_VERSION)
+        self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        self.assertEqual(conn.execute("PRAGMA page_size").fetchone()[0], PAGE_SIZE)
+        self.assertEqual(len(self.engine.dbid), 32)
+
+    def test_forward_migration(self):
+        """A later migration upgrades an existing database and keeps its data."""
+        self.put("kept", b"data")
+        self.engine.close()
+
+        def add_column(conn):
+            conn.execute("ALTER TABLE changes ADD COLUMN note TEXT")
+
+        conn = connect(self.engine.db_path)
+        self.addCleanup(conn.close)
+        self.assertEqual(migrate(conn, (*MIGRATIONS, add_column)), SCHEMA_VERSION)
+        self.assertEqual(schema_version(conn), SCHEMA_VERSION + 1)
+        self.assertEqual(conn.execute("SELECT path, note FROM changes").fetchall(),
+                         [("kept", None)])
+
+    def test_failed_migration_rolls_back(self):
+        """A migration that fails leaves the database at the version before it."""
+        def broken(conn):
+            conn.execute("CREATE TABLE half (x)")
+            raise RuntimeError("broken migration")
+
+        conn = connect(self.engine.db_path)
+        self.addCleanup(conn.close)
+        self.assertRaises(RuntimeError, migrate, conn, (*MIGRATIONS, broken))
+        self.assertEqual(schema_version(conn), SCHEMA_VERSION)
+        self.assertIsNone(conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'half'").fetchone())
+
+    def test_newer_database_refused(self):
+        """A database from a newer OwnCDN is refused, not guessed at."""
+        conn = connect(self.engine.db_path)
+        self.addCleanup(conn.close)
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+        self.assertRaises(SchemaTooNew, connect_writer, self.engine.db_path)
+
+    def test_closed_engine(self):
+        """A closed engine refuses work with StorageClosed."""
+        self.engine.close()
+        self.assertRaises(StorageClosed, self.put, "x", b"x")
+        self.assertRaises(StorageClosed, self.engine.list_files, "", None, 1)
+
+
+class WriteTests(EngineCase):
+    def test_versions_are_change_ids(self):
+        """Each write gets the next change ID, and its version ID from it."""
+        first, _ = self.put("a", b"1")
+        marker = self.engine.delete("a", 1001.0)
+        self.assertEqual((first.id, first.version), (1, version_id(1)))
+        self.assertEqual((marker.id, marker.version, marker.op), (2, version_id(2), "delete"))
+
+    def test_chunks_stored_by_choice(self):
+        """Chunks are fixed-size; text ones compressed, noise ones raw."""
+        engine = self.open("small-chunks.db", chunk_size=4096)
+        data = TEXT[:8192] + os.urandom(5000)
+        change, _ = engine.put("mixed", io.BytesIO(data), "x", None, None, None, 1.0)
+        conn = connect(engine.db_path)
+        self.addCleanup(conn.close)
+        rows = conn.execute(
+            "SELECT idx, compressed, length(data) FROM chunks WHERE change_id = ? ORDER BY idx",
+            (change.id,)).fetchall()
+        self.assertEqual([(i, c) for i, c, _ in rows],
+                         [(0, 1), (1, 1), (2, 0), (3, 0)])
+        self.assertEqual([size for _, c, size in rows if not c], [4096, 5000 - 4096])
+        content = b"".join(engine.read_chunk(change.id, i) for i in range(4))
+        self.assertEqual(content, data)
+        self.assertEqual(engine.read_chunk(change.id, 3, decode=False), data[12288:])
+
+    def test_body_read_in_bounded_blocks(self):
+        """A put never asks the body for more than one chunk at a time."""
+        source = TrickleFile(os.urandom(3 * CHUNK_SIZE + 5), 65536)
+        change, loaded = self.engine.put("big", source, "x", None, None, None, 1.0)
+        self.assertEqual(change.size, 3 * CHUNK_SIZE + 5)
+        self.assertLessEqual(source.largest_read, CHUNK_SIZE)
+        self.assertIsNone(loaded.data)
+
+    def test_failed_body_leaves_nothing(self):
+        """An upload that fails mid-way leaves no version, change or chunk."""
+        self.put("before", b"x")
+        failing = FailingFile(2 * CHUNK_SIZE + 10)
+        self.assertRaises(OSError, self.engine.put, "partial", failing, "x", None, None,
+                          None, 2.0)
+        self.assertRaises(NoSuchFile, self.engine.open_version, "partial")
+        self.assertEqual(self.count("SELECT count(*) FROM changes"), 1)
+        self.assertEqual(self.engine.changes_after(0, 10)[-1].path, "before")
+        self.assertIntact()
+        after, _ = self.put("after", b"y")
+        self.assertEqual(after.id, 2)
+
+    def test_bad_digest_leaves_no_chunks(self):
+        """A digest mismatch rolls back the chunks already written."""
+        self.assertRaises(BadDigest, self.engine.put, "bad", io.BytesIO(os.urandom(CHUNK_SIZE * 2)),
+                          "x", None, b"0" * 16, None, 1.0)
+        self.assertEqual(self.count("SELECT count(*) FROM chunks"), 0)
+        self.assertIntact()
+
+    def test_survives_sigkill(self):
+        """A SIGKILL mid-upload keeps every acknowledged upload and nothing partial."""
+        script = f"""
+import io, os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from owncdn.storage.engine import StorageEngine
+engine = StorageEngine({str(self.folder / 'killed.db')!r})
+engine.open()
+engine.put("done", io.BytesIO(b"d" * 3_000_000), "x", None, None, None, 1.0)
+class Stall(io.RawIOBase):
+    left = 3 * 1024 * 1024
+    def readable(self):
+        return True
+    def read(self, size=-1):
+        if self.left <= 0:
+            print("stalled", flush=True)
+            time.sleep(60)
+        size = min(size, self.left)
+        self.left -= size
+        return os.urandom(size)
+print("acknowledged", flush=True)
+engine.put("partial", Stall(), "x", None, None, None, 2.0)
+"""
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        self.addCleanup(child.stdout.close)
+        self.assertEqual(child.stdout.readline(), b"acknowledged\n")
+        self.assertEqual(child.stdout.readline(), b"stalled\n")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        engine = self.open("killed.db")
+        loaded = engine.open_version("done")
+        self.assertEqual(loaded.stored.info.size, 3_000_000)
+        self.assertRaises(NoSuchFile, engine.open_version, "partial")
+        self.assertEqual([c.path for c in engine.changes_after(0, 10)], ["done"])
+        conn = connect(engine.db_path)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+        self.assertEqual(conn.execute("SELECT count(*) FROM chunks").fetchone()[0], 3)
+
+    def test_apply_change_keeps_ids(self):
+        """A replicated change keeps its ID and version and marks last_applied."""
+        change = Change(id=40, time=5.0, op="put", path="r", version="v-40", size=2,
+                        etag=hashlib.md5(b"ab").hexdigest(),
+                        sha256=hashlib.sha256(b"ab").hexdigest(), content_type="x")
+        self.assertRaises(BadDigest, self.engine.apply_change, change, io.BytesIO(b"cd"))
+        self.engine.apply_change(change, io.BytesIO(b"ab"), "primary-dbid")
+        self.assertEqual(self.engine.changes_after(0, 5), [change])
+        self.engine.close()
+        reopened = StorageEngine(self.engine.db_path)
+        state = reopened.open()
+        self.addCleanup(reopened.close)
+        self.assertEqual((state.last_change_id, state.last_applied, state.source_dbid),
+                         (40, 40, "primary-dbid"))
+        own, _ = reopened.put("local", io.BytesIO(b"x"), "x", None, None, None, 6.0)
+        self.assertEqual(own.id, 41)
+
+
+class PruneTests(EngineCase):
+    def test_prune_by_superseded_time(self):
+        """Versions go once replaced longer ago than the cutoff; current ones stay."""
+        first, _ = self.put("f", os.urandom(CHUNK_SIZE + 1), now=100.0)
+        second, _ = self.put("f", b"2", now=200.0)
+        self.assertEqual(self.engine.prune(199.0), 0)
+        self.assertEqual(self.engine.prune(200.0), 1)
+        self.assertEqual([v.version for v in self.engine.versions("f")], [second.version])
+        self.assertRaises(NoSuchVersion, self.engine.open_version, "f", first.version)
+        self.assertRaises(NoSuchVersion, self.engine.read_chunk, first.id, 0)
+        self.assertEqual(self.engine.changes_after(0, 5), [first, second])
+        self.assertEqual(self.count("SELECT count(*) FROM chunks"), 1)
+        self.assertEqual(self.engine.prune(10_000.0), 0)
+        self.assertIntact()
+
+    def test_prune_delete_markers(self):
+        """A delete marker goes with the versions it hid, once older than the cutoff."""
+        self.put("d", b"1", now=100.0)
+        self.engine.delete("d", 300.0)
+        self.assertEqual(self.engine.prune(299.0), 0)
+        self.assertEqual(self.engine.prune(300.0), 2)
+        self.assertRaises(NoSuchFile, self.engine.versions, "d")
+        again, _ = self.put("d", b"2", now=400.0)
+        self.assertEqual([v.version for v in self.engine.versions("d")], [again.version])
+
+
+class ListingTests(EngineCase):
+    def test_large_listing_is_fast(self):
+        """A page of 1000 out of 100,000 files takes well under 50 ms."""
+        conn = self.engine._writer
+        conn.execute("BEGIN")
+        for n in range(100_000):
+            record_change(conn, Change(
+                id=n + 1, time=1.0, op="put", path=f"dir{n % 10}/file{n:06d}.txt",
+                version=version_id(n + 1), size=0, etag="", sha256=None,
+                content_type="text/plain"), CHUNK_SIZE)
+        conn.execute("COMMIT")
+        for prefix, after in (("", None), ("", "dir5/file050000.txt"), ("dir7/", None)):
+            self.engine.list_files(prefix, after, 1000)
+            started = time.perf_counter()
+            infos, following = self.engine.list_files(prefix, after, 1000)
+            elapsed = time.perf_counter() - started
+            self.assertEqual(len(infos), 1000)
+            self.assertEqual(following, infos[-1].path)
+            self.assertLess(elapsed, 0.05)
