@@ -1,0 +1,182 @@
+"""
+Measure the storage engine: Brotli quality against speed and ratio,
+upload and streaming throughput, small-upload rate per synchronous
+setting, and the cost of a small GET served from memory.
+
+    .venv/bin/python bench/storage_bench.py [--size-mib 1024]
+
+The figures in docs/storage.md come from this script.
+"""
+
+import argparse
+import glob
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import brotli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from owncdn.services.storage import StorageService  # noqa: E402
+from owncdn.storage import chunks, schema  # noqa: E402
+from owncdn.storage.engine import StorageEngine  # noqa: E402
+from owncdn.testing import InlineThreadPool, ThreadlessClock  # noqa: E402
+
+
+def text_corpus(size: int) -> bytes:
+    """
+    Python's own standard library sources: text like the JS, CSS, HTML
+    and JSON a CDN stores.
+    """
+    library = os.path.dirname(os.__file__)
+    parts, total = [], 0
+    for name in sorted(glob.glob(f"{library}/**/*.py", recursive=True)):
+        data = Path(name).read_bytes()
+        parts.append(data)
+        total += len(data)
+        if total >= size:
+            break
+    return b"".join(parts)[:size]
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e6:,.0f} MB/s"
+
+
+def qualities(text: bytes) -> None:
+    print("Brotli on 1 MiB chunks of text (quality: compress, decompress, ratio)")
+    for quality in range(0, 8):
+        started, packed = time.perf_counter(), []
+        for i in range(0, len(text), chunks.CHUNK_SIZE):
+            packed.append(brotli.compress(text[i:i + chunks.CHUNK_SIZE], quality=quality))
+        compress = time.perf_counter() - started
+        started = time.perf_counter()
+        for piece in packed:
+            brotli.decompress(piece)
+        decompress = time.perf_counter() - started
+        ratio = sum(map(len, packed)) / len(text)
+        print(f"  q{quality}: {rate(len(text), compress)}, {rate(len(text), decompress)}, "
+              f"{ratio:.3f}")
+    files = [text[i:i + 16384] for i in range(0, 400 * 16384, 16384)]
+    print("Brotli on 16 KiB files (quality: ms per file, ratio)")
+    for quality in (4, 5, 9, 10, 11):
+        started = time.perf_counter()
+        size = sum(len(brotli.compress(f, quality=quality)) for f in files)
+        per_file = (time.perf_counter() - started) / len(files) * 1000
+        print(f"  q{quality}: {per_file:.2f} ms, {size / sum(map(len, files)):.3f}")
+
+
+def encoding(text: bytes, noise: bytes) -> None:
+    for name, data in (("text", text), ("random", noise)):
+        started = time.perf_counter()
+        for i in range(0, len(data), chunks.CHUNK_SIZE):
+            chunks.encode_chunk(data[i:i + chunks.CHUNK_SIZE])
+        print(f"encode_chunk, {name}: {rate(len(data), time.perf_counter() - started)}")
+
+
+def engine_throughput(folder: Path, size: int) -> None:
+    engine = StorageEngine(folder / "throughput.db")
+    engine.open()
+    noise = os.urandom(64 * 1024 * 1024)
+    with tempfile.TemporaryFile(dir=folder) as body:
+        for _ in range(size // len(noise)):
+            body.write(noise)
+        body.seek(0)
+        started = time.perf_counter()
+        change, loaded = engine.put("big.bin", body, "x", None, None, None, 1.0)
+        print(f"put {size >> 20} MiB random: {rate(size, time.perf_counter() - started)}")
+    for attempt in ("cold", "warm"):
+        started = time.perf_counter()
+        for index in range((size + chunks.CHUNK_SIZE - 1) // chunks.CHUNK_SIZE):
+            engine.read_chunk(change.id, index)
+        print(f"stream {size >> 20} MiB from the engine ({attempt}): "
+              f"{rate(size, time.perf_counter() - started)}")
+    text = text_corpus(64 * 1024 * 1024)
+    started = time.perf_counter()
+    change, _ = engine.put("big.txt", io.BytesIO(text), "x", None, None, None, 2.0)
+    print(f"put 64 MiB text: {rate(len(text), time.perf_counter() - started)}")
+    started = time.perf_counter()
+    for index in range(len(text) // chunks.CHUNK_SIZE):
+        engine.read_chunk(change.id, index)
+    print(f"stream 64 MiB text (decompressing): {rate(len(text), time.perf_counter() - started)}")
+    engine.close()
+
+
+def service_streaming(folder: Path, size: int) -> None:
+    """
+    Stream a file through the service with real threads on the real
+    reactor: one thread hop per 1 MiB chunk, as the web layer reads it.
+    """
+    from twisted.internet import defer, reactor, task
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        service = StorageService(folder / "stream.db", reactor)
+        service.startService()
+        noise = os.urandom(64 * 1024 * 1024)
+        with tempfile.TemporaryFile(dir=folder) as body:
+            for _ in range(size // len(noise)):
+                body.write(noise)
+            body.seek(0)
+            yield service.put("big.bin", body)
+        for attempt in ("first", "second"):
+            body = yield service.get("big.bin")
+            started, offset = time.perf_counter(), 0
+            while piece := (yield body.read(offset, chunks.CHUNK_SIZE)):
+                offset += len(piece)
+            print(f"stream {size >> 20} MiB through the service ({attempt}): "
+                  f"{rate(offset, time.perf_counter() - started)}")
+        yield service.stopService()
+
+    task.react(run)
+
+
+def small_puts(folder: Path) -> None:
+    data = text_corpus(8 * 1024)
+    for setting in ("NORMAL", "FULL"):
+        schema.SYNCHRONOUS = setting
+        engine = StorageEngine(folder / f"small-{setting}.db")
+        engine.open()
+        started, count = time.perf_counter(), 500
+        for n in range(count):
+            engine.put(f"f{n}.js", io.BytesIO(data), "x", None, None, None, 1.0)
+        per_put = (time.perf_counter() - started) / count * 1000
+        print(f"8 KiB puts, synchronous={setting}: {per_put:.2f} ms each")
+        engine.close()
+
+
+def cached_gets(folder: Path) -> None:
+    clock = ThreadlessClock()
+    service = StorageService(folder / "cache.db", clock, make_pool=InlineThreadPool)
+    service.startService()
+    service.put("app.js", io.BytesIO(text_corpus(1024)))
+    count = 200_000
+    started = time.process_time()
+    for _ in range(count):
+        service.get("app.js").addCallback(lambda body: body.read(0, 65536))
+    per_get = (time.process_time() - started) / count * 1e6
+    print(f"cached 1 KiB get + read: {per_get:.2f} us of CPU each "
+          f"({1e6 / per_get:,.0f} per CPU-second)")
+    service.stopService()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    args = parser.parse_args()
+    text = text_corpus(16 * 1024 * 1024)
+    qualities(text)
+    encoding(text, os.urandom(len(text)))
+    with tempfile.TemporaryDirectory(dir=".") as folder:
+        engine_throughput(Path(folder), args.size_mib * 1024 * 1024)
+        small_puts(Path(folder))
+        cached_gets(Path(folder))
+        service_streaming(Path(folder), args.size_mib * 1024 * 1024)
+
+
+if __name__ == "__main__":
+    main()
