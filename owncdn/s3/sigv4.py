@@ -1,0 +1,303 @@
+"""
+AWS Signature Version 4 in the C{Authorization} header, verified the
+way Amazon S3 verifies it.
+
+The web layer calls L{verify_request} once per S3 request with the raw
+request target, the headers (see L{header_map}) and the server clock;
+it gets back a L{VerifiedRequest} naming the key, or an L{S3Error}.  The
+request body is checked afterwards, as it is read (L{owncdn.s3.chunked}).
+
+S3's flavour of SigV4 differs from the generic one in two ways that
+matter here: the path is not normalised (C{//}, C{.} and C{..} are signed
+as sent) and is URI-encoded once, not twice.  Both are pinned by the
+C{normalize: false} cases of the public AWS test suite in
+C{tests/test_s3_sigv4.py}.  See C{docs/s3-auth.md} for the decisions.
+"""
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from urllib.parse import quote, unquote_to_bytes
+
+from owncdn.s3.errors import S3Error
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+SERVICE = "s3"
+TERMINATOR = "aws4_request"
+# Amazon S3 refuses requests more than 15 minutes off its clock.
+MAX_SKEW_SECONDS = 15 * 60
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+STREAMING_FORMS = frozenset({STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER})
+
+_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_DATE = re.compile(r"[0-9]{8}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+# Clients separate the three components with ", " or "," (botocore) and
+# AWS accepts either; some add spaces around "=" pieces too.
+_COMPONENT_SEPARATOR = re.compile(r"[,\s]+")
+_SPACES = re.compile(r"[ \t]+")
+_NOT_SUPPORTED = "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """
+    The parts of an C{Authorization: AWS4-HMAC-SHA256 ...} header.
+    """
+
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+    terminator: str
+    signed_headers: tuple[str, ...]
+    signature: str
+
+    @property
+    def scope(self) -> str:
+        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
+
+
+@dataclass(frozen=True)
+class VerifiedRequest:
+    """
+    What a good signature established, and what the body reader needs to
+    verify the chunk and trailer signatures that chain from it.
+    """
+
+    access_key_id: str
+    # The request time as signed (x-amz-date, basic ISO 8601).
+    timestamp: str
+    scope: str
+    signing_key: bytes
+    # The seed signature: the first link of an aws-chunked body's chain.
+    signature: str
+    # The x-amz-content-sha256 value: a hex digest or one of the forms above.
+    content_sha256: str
+
+
+def header_map(raw_headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[str, str]:
+    """
+    The request headers as L{verify_request} wants them, from Twisted's
+    C{request.requestHeaders.getAllRawHeaders()}.
+
+    Names are lower-cased.  Values are decoded as ISO-8859-1 so that every
+    byte the client signed comes back unchanged when the canonical request
+    is encoded again; a repeated header becomes one value joined with
+    C{","}, each part trimmed, as SigV4 canonicalises repeats.
+    """
+    return {
+        name.decode("latin-1").lower(): ",".join(value.decode("latin-1").strip(" \t") for value in values)
+        for name, values in raw_headers
+    }
+
+
+def parse_authorization(value: str) -> Authorization:
+    """
+    Split an C{AWS4-HMAC-SHA256} C{Authorization} header into its parts.
+
+    @raise S3Error: C{InvalidRequest} for another scheme (SigV2, SigV4a),
+        C{AuthorizationHeaderMalformed} for anything else that is wrong.
+    """
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme != ALGORITHM:
+        raise S3Error("InvalidRequest", _NOT_SUPPORTED)
+    components: dict[str, str] = {}
+    for component in _COMPONENT_SEPARATOR.split(rest.strip()):
+        name, equals, component_value = component.partition("=")
+        if not equals or name in components:
+            raise _malformed(f"the component {component!r} is not valid")
+        components[name] = component_value
+    missing = {"Credential", "SignedHeaders", "Signature"} - components.keys()
+    if missing or len(components) != 3:
+        raise _malformed("it must hold exactly Credential, SignedHeaders and Signature")
+    credential = components["Credential"].rsplit("/", 4)
+    if len(credential) != 5 or not all(credential):
+        raise _malformed("the Credential must be <key id>/<date>/<region>/<service>/aws4_request")
+    key_id, date, region, service, terminator = credential
+    if not _DATE.fullmatch(date):
+        raise _malformed(f"invalid credential date {date!r}")
+    signed_headers = tuple(components["SignedHeaders"].split(";"))
+    if not all(_HEADER_NAME.fullmatch(name) for name in signed_headers):
+        raise _malformed("SignedHeaders must be lower-case header names separated by ';'")
+    signature = components["Signature"]
+    if not _SIGNATURE.fullmatch(signature):
+        raise _malformed("the Signature must be 64 lower-case hex digits")
+    return Authorization(key_id, date, region, service, terminator, signed_headers, signature)
+
+
+def canonical_uri(path: bytes) -> str:
+    """
+    S3's canonical URI: the path as sent, percent-decoded once and encoded
+    again byte by byte, keeping only unreserved characters and C{/}; no
+    C{.}/C{..}/C{//} normalisation.
+    """
+    return quote(unquote_to_bytes(path), safe="/") or "/"
+
+
+def canonical_query(query: bytes) -> str:
+    """
+    The canonical query string: each C{name=value} decoded and encoded
+    again, sorted by name then value.  A bare C{uploads} is C{uploads=}.
+    """
+    pairs = []
+    for parameter in query.split(b"&"):
+        if parameter:
+            name, _, value = parameter.partition(b"=")
+            pairs.append((quote(unquote_to_bytes(name), safe=""), quote(unquote_to_bytes(value), safe="")))
+    pairs.sort()
+    return "&".join(f"{name}={value}" for name, value in pairs)
+
+
+def canonical_header_value(value: str) -> str:
+    """
+    A header value trimmed, with runs of spaces inside it collapsed to one.
+    """
+    return _SPACES.sub(" ", value.strip(" \t"))
+
+
+def canonical_request(method: str, path: bytes, query: bytes, headers: Mapping[str, str],
+                      signed_headers: Sequence[str], payload_hash: str) -> str:
+    """
+    The SigV4 canonical request.  A signed header missing from C{headers}
+    canonicalises as empty, which makes the signature fail rather than the
+    server.
+    """
+    lines = [method, canonical_uri(path), canonical_query(query)]
+    for name in signed_headers:
+        lines.append(f"{name}:{canonical_header_value(headers.get(name, ''))}")
+    lines += ["", ";".join(signed_headers), payload_hash]
+    return "\n".join(lines)
+
+
+def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
+    digest = hashlib.sha256(canonical.encode("latin-1")).hexdigest()
+    return f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
+
+
+@lru_cache(maxsize=1024)
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """
+    The derived key for one day, region and service.  Four HMACs per
+    request would cost more than the rest of the check, and a key is used
+    all day, so the derived keys are cached.
+    """
+    key = hmac.digest(("AWS4" + secret).encode("utf-8"), date.encode(), "sha256")
+    for part in (region, service, TERMINATOR):
+        key = hmac.digest(key, part.encode("utf-8"), "sha256")
+    return key
+
+
+def sign(key: bytes, message: str) -> str:
+    return hmac.new(key, message.encode("latin-1"), hashlib.sha256).hexdigest()
+
+
+def request_time(headers: Mapping[str, str]) -> tuple[str, float]:
+    """
+    The signed request time from C{x-amz-date} (or else C{Date}): the
+    basic ISO 8601 timestamp the string to sign uses, and POSIX seconds.
+
+    @raise S3Error: C{AccessDenied}, as S3 answers a missing or bad date.
+    """
+    try:
+        if "x-amz-date" in headers:
+            if not _AMZ_DATE.fullmatch(headers["x-amz-date"]):
+                raise ValueError(headers["x-amz-date"])
+            moment = datetime.strptime(headers["x-amz-date"], _TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+        else:
+            moment = parsedate_to_datetime(headers["date"])
+            # "-0000" (UTC, no zone information) parses as a naive datetime.
+            moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (KeyError, TypeError, ValueError):
+        raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header") from None
+    return moment.strftime(_TIMESTAMP_FORMAT), moment.timestamp()
+
+
+def verify_request(method: str, target: bytes, headers: Mapping[str, str],
+                   lookup_secret: Callable[[str], str | None], now: float) -> VerifiedRequest:
+    """
+    Check the SigV4 signature of an S3 request.
+
+    @param method: the HTTP method, e.g. C{"PUT"}.
+    @param target: the request target as sent (Twisted's C{request.uri}),
+        path and query still percent-encoded.
+    @param headers: lower-case name to value, see L{header_map}.
+    @param lookup_secret: the secret of an access key ID, or C{None} when
+        there is no such key.
+    @param now: the server clock, POSIX seconds.
+    @raise S3Error: C{AccessDenied} (anonymous, query-string signature,
+        unsigned C{x-amz-*} header), C{InvalidRequest} (other scheme, no
+        C{x-amz-content-sha256}), C{AuthorizationHeaderMalformed},
+        C{RequestTimeTooSkewed}, C{InvalidAccessKeyId},
+        C{InvalidArgument} (bad C{x-amz-content-sha256}) or
+        C{SignatureDoesNotMatch}.
+    """
+    path, _, query = target.partition(b"?")
+    if "authorization" not in headers:
+        if b"X-Amz-Signature=" in query:
+            raise S3Error("AccessDenied", "Query-string authentication is not supported; "
+                          "sign the request in the Authorization header")
+        raise S3Error("AccessDenied", "Anonymous access is not allowed")
+    auth = parse_authorization(headers["authorization"])
+    timestamp, seconds = request_time(headers)
+    if auth.date != timestamp[:8]:
+        raise _malformed(f'Invalid credential date "{auth.date}". '
+                         f'This date is not the same as X-Amz-Date: "{timestamp[:8]}".')
+    if abs(now - seconds) > MAX_SKEW_SECONDS:
+        raise S3Error("RequestTimeTooSkewed",
+                      RequestTime=headers.get("x-amz-date") or headers.get("date", ""),
+                      ServerTime=datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                      MaxAllowedSkewMilliseconds=str(MAX_SKEW_SECONDS * 1000))
+    # Any region is accepted (docs/s3-auth.md): clients sign with whatever
+    # region they were configured with, and we have only one.
+    if auth.service != SERVICE:
+        raise _malformed(f'incorrect service "{auth.service}". This endpoint belongs to "{SERVICE}".')
+    if auth.terminator != TERMINATOR:
+        raise _malformed(f'incorrect terminal "{auth.terminator}". This endpoint uses "{TERMINATOR}".')
+    if "host" not in auth.signed_headers:
+        raise _malformed("the host header must be signed")
+    secret = lookup_secret(auth.access_key_id)
+    if secret is None:
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=auth.access_key_id)
+    content_sha256 = _content_sha256(headers)
+    unsigned = sorted(name for name in headers if name.startswith("x-amz-") and name not in auth.signed_headers)
+    if unsigned:
+        # As S3 does: an unsigned x-amz-* header (a copy source, an ACL)
+        # could have been added by anyone on the way.
+        raise S3Error("AccessDenied", "There were headers present in the request which were not signed",
+                      HeadersNotSigned=", ".join(unsigned))
+    canonical = canonical_request(method, path, query, headers, auth.signed_headers, content_sha256)
+    to_sign = string_to_sign(timestamp, auth.scope, canonical)
+    key = signing_key(secret, auth.date, auth.region, auth.service)
+    if not hmac.compare_digest(sign(key, to_sign), auth.signature):
+        raise S3Error("SignatureDoesNotMatch", AWSAccessKeyId=auth.access_key_id, StringToSign=to_sign,
+                      SignatureProvided=auth.signature, CanonicalRequest=canonical)
+    return VerifiedRequest(auth.access_key_id, timestamp, auth.scope, key, auth.signature, content_sha256)
+
+
+def _content_sha256(headers: Mapping[str, str]) -> str:
+    value = headers.get("x-amz-content-sha256")
+    if value is None:
+        raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
+    if value == UNSIGNED_PAYLOAD or value in STREAMING_FORMS or _HEX_SHA256.fullmatch(value):
+        return value
+    raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
+                  "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER], STREAMING-UNSIGNED-PAYLOAD-TRAILER "
+                  "or a valid sha256 value.")
+
+
+def _malformed(reason: str) -> S3Error:
+    return S3Error("AuthorizationHeaderMalformed", f"The authorization header is malformed; {reason}")
