@@ -398,7 +398,8 @@ class OpenPayloadTests(SynchronousTestCase):
     def test_decoded_length_required(self):
         """An aws-chunked request without a numeric x-amz-decoded-content-length is refused up front."""
         for headers, code in [({}, "MissingContentLength"),
-                              ({"x-amz-decoded-content-length": "-1"}, "InvalidArgument")]:
+                              ({"x-amz-decoded-content-length": "-1"}, "InvalidArgument"),
+                              ({"x-amz-decoded-content-length": "\u00b2"}, "InvalidArgument")]:
             error = self.assertRaises(S3Error, open_payload, io.BytesIO(b""),
                                       self.verified(sigv4.STREAMING_UNSIGNED_TRAILER), headers)
             self.assertEqual(error.code, code)

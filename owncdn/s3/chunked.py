@@ -296,7 +296,7 @@ def open_payload(raw: BinaryIO, auth: VerifiedRequest, headers: Mapping[str, str
     declared = headers.get("x-amz-decoded-content-length")
     if declared is None:
         raise S3Error("MissingContentLength", "An aws-chunked body needs x-amz-decoded-content-length.")
-    if not declared.isdigit():
+    if not (declared.isascii() and declared.isdigit()):
         raise S3Error("InvalidArgument", "x-amz-decoded-content-length is not a number.")
     digests = PayloadDigests.from_headers(headers)
     trailers = None
