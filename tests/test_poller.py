@@ -86,7 +86,7 @@ class FakePrimary(Resource):
         data = self.files.get((args["path"], args["version"]))
         if data is None:
             request.setResponseCode(404)
-            return b"{}"
+            return b'{"error": {"code": "NoSuchVersion", "message": "pruned"}}'
         return data[:-1] + b"!" if self.corrupt and data else data
 
 
@@ -203,6 +203,16 @@ class PollerTests(SynchronousTestCase):
         self.assertEqual(self.poller.status.state, "stopped")
         self.assertIn("resync", self.poller.status.last_result)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_version_pruned_on_primary_is_applied_without_content(self):
+        """A put whose version the primary pruned is applied as such, not retried forever."""
+        self.primary.put("old.txt", b"old")
+        self.primary.put("new.txt", b"new")
+        del self.primary.files[("old.txt", "v1")]
+        self.start()
+        self.assertEqual([(c.path, data) for c, data in self.target.applied],
+                         [("old.txt", None), ("new.txt", b"new")])
+        self.assertEqual(self.poller.status.state, "ok")
 
     def test_stop_leaves_nothing_pending(self):
         """Stopping the poller while it long-polls leaves no timer behind."""

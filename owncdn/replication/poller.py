@@ -12,6 +12,7 @@ which stops the poller until an operator resyncs.
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import treq
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from owncdn.config import ReplicationSource
@@ -69,6 +70,25 @@ class ReplicaStatus:
         return asdict(self)
 
 
+def write_status(path: Path, status: dict) -> None:
+    """
+    Replace the status file atomically (a reader never sees half).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(status, indent=1))
+    os.replace(tmp, path)
+
+
+def read_status(path: Path) -> dict | None:
+    """
+    The last status a replica poller saved, or C{None}.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def parse_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -96,7 +116,7 @@ class ReplicaPoller(Service):
 
     def __init__(self, target, source: ReplicationSource, remote_sid: str, reactor,
                  spool_dir: Path, http=treq, wait: int = WAIT, batch: int = BATCH,
-                 concurrency: int = CONCURRENCY):
+                 concurrency: int = CONCURRENCY, status_path: Path | None = None):
         self.target = target
         self.source = source
         self.remote_sid = remote_sid
@@ -107,6 +127,9 @@ class ReplicaPoller(Service):
         self.batch = batch
         self.concurrency = concurrency
         self.status = ReplicaStatus(source.id, remote_sid)
+        self.status_path = status_path
+        self._status_writing = False
+        self._status_dirty = False
         self.synced = defer.Deferred()  # replaced after each successful attempt
         self._loop: defer.Deferred | None = None
 
@@ -159,8 +182,32 @@ class ReplicaPoller(Service):
         self.status.state = state
         self.status.last_result = result
         self.status.last_applied = self.target.last_applied_id()
+        self._save_status()
         synced, self.synced = self.synced, defer.Deferred()
         synced.callback(self.status)
+
+    def _save_status(self) -> None:
+        """
+        Write the status for C{owncdn status} off the reactor thread, one
+        write at a time; a change during a write is written after it.
+        """
+        if self.status_path is None:
+            return
+        if self._status_writing:
+            self._status_dirty = True
+            return
+        self._status_writing = True
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      write_status, self.status_path, self.status.as_json())
+
+        def written(_):
+            self._status_writing = False
+            if self._status_dirty:
+                self._status_dirty = False
+                self._save_status()
+
+        d.addErrback(lambda f: log.failure("could not save the replica status", f))
+        d.addCallback(written)
 
     async def sync_once(self) -> int:
         """
@@ -213,16 +260,31 @@ class ReplicaPoller(Service):
     def _download_guarded(self, change: Change) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._download(change))
 
+    async def _pruned_on_source(self, response) -> bool:
+        """
+        Whether a 404 says the source no longer keeps this version
+        (C{keepVersions} pruned it): the change is then applied without
+        content, as the source itself records it.
+        """
+        try:
+            answer = json.loads(await response.content())
+            return answer["error"]["code"] == "NoSuchVersion"
+        except (ValueError, KeyError, TypeError):
+            return False
+
     async def _download(self, change: Change):
         """
         Fetch the bytes of one put into a spool file, checking SHA-256.
 
-        @return: the open spool file, positioned at 0.
+        @return: the open spool file, positioned at 0, or C{None} when
+            the source has pruned the version.
         """
         params = {"sid": self.remote_sid, "path": change.path, "version": change.version}
         response = await self.http.get(self._url("getfile"), params=params,
                                        headers=self._headers, unbuffered=True,
                                        timeout=CONNECT_SLACK)
+        if response.code == 404 and await self._pruned_on_source(response):
+            return None
         if response.code != 200:
             await response.content()
             raise SyncError(f"getfile of {change.path} version {change.version} "
