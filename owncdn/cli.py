@@ -93,10 +93,9 @@ def _tell_daemon(data_dir: Path, reloads: bool) -> None:
     pid = daemon.get("pid")
     if not reloads:
         print("A daemon is running: restart it to apply this change.")
-    elif isinstance(pid, int):
-        print(f"A daemon is running: `kill -HUP {pid}` makes it use this change.")
     else:
-        print("A daemon is running: send it SIGHUP to make it use this change.")
+        signal = f"`kill -HUP {pid}`" if isinstance(pid, int) else "a SIGHUP"
+        print(f"A daemon is running: {signal} makes it use this change.")
 
 
 def _table(rows: list[list[str]]) -> None:
@@ -433,19 +432,33 @@ def cmd_log(args: argparse.Namespace) -> None:
     # storage stack.
     from owncdn.storage import restore
 
-    changes = restore.read_log(
-        _database(args), from_id=args.from_id, from_time=args.from_time,
-        count=args.count, forward=args.forward,
-    )
-    for change in changes:
-        print(json.dumps(change, default=str))
+    try:
+        changes = restore.read_log(
+            _database(args), from_id=args.from_id, from_time=args.from_time,
+            count=args.count, forward=args.forward,
+        )
+    except restore.RestoreError as e:
+        raise CommandError(str(e)) from None
+    if not changes:
+        print("No changes.")
+        return
+    rows = [["ID", "TIME (UTC)", "OP", "VERSION", "SIZE", "PATH"]]
+    rows += [[str(c.id),
+              datetime.fromtimestamp(c.time, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+              c.op, c.version, str(c.size) if c.op == "put" else "", c.path]
+             for c in changes]
+    _table(rows)
 
 
 def cmd_rewind(args: argparse.Namespace) -> None:
     from owncdn.storage import restore
 
-    result = restore.rewind(_database(args), to_id=args.to_id, to_time=args.to_time)
-    print(f"Rewound {args.db}: {result}")
+    database = _database(args)
+    try:
+        result = restore.rewind(database, to_id=args.to_id, to_time=args.to_time)
+    except restore.RestoreError as e:
+        raise CommandError(str(e)) from None
+    print(f"Rewound {database}: {result}.")
 
 
 # the command line

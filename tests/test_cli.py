@@ -15,6 +15,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from owncdn import cli, config, lockfile
+from owncdn.storage.engine import StorageEngine
 
 REPLICATION_KEY = "hq-secret-value-0123"
 
@@ -464,3 +465,56 @@ class ConsoleScriptTests(SynchronousTestCase):
         again = run("init")
         self.assertEqual(again.returncode, 1)
         self.assertIn("already exists", again.stderr)
+
+
+class LogAndRewindTests(CommandTestCase):
+    """
+    C{owncdn log} and C{owncdn rewind} on the storage database of the
+    C{files} service.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.database = self.data_dir / "files.db"
+        engine = StorageEngine(self.database)
+        engine.open()
+        # 2023-11-14 22:13:20, 22:15:00 and 22:16:40 UTC.
+        engine.put("a.txt", io.BytesIO(b"one"), "text/plain", None, None, None, 1700000000.0)
+        engine.put("b.txt", io.BytesIO(b"two!"), "text/plain", None, None, None, 1700000100.0)
+        engine.delete("a.txt", 1700000200.0)
+        engine.close()
+
+    def change_ids(self, out: str) -> list[str]:
+        return [line.split()[0] for line in out.splitlines()[1:]]
+
+    def test_log_newest_first(self):
+        """log lists the changes newest first with their UTC time, op and path."""
+        out = self.ok("log", "files")
+        self.assertEqual(self.change_ids(out), ["3", "2", "1"])
+        self.assertIn("2023-11-14 22:15:00  put", out)
+
+    def test_log_forward_from_time(self):
+        """log --forward --from-time lists oldest first from that UTC time on."""
+        out = self.ok("log", str(self.database), "--forward", "--from-time", "20231114221400")
+        self.assertEqual(self.change_ids(out), ["2", "3"])
+
+    def test_rewind_to_id(self):
+        """rewind --to-id removes the later changes from the log."""
+        self.assertIn("2 later changes removed", self.ok("rewind", "files", "--to-id", "1"))
+        self.assertEqual(self.change_ids(self.ok("log", "files")), ["1"])
+
+    def test_refuses_database_in_use(self):
+        """log and rewind refuse a database a daemon holds open, in one error line."""
+        lock = lockfile.FileLock(Path(f"{self.database}.lock"))
+        lock.acquire()
+        self.addCleanup(lock.release)
+        self.assertIn("running daemon", self.refused("log", "files"))
+        self.assertIn("running daemon", self.refused("rewind", "files", "--to-id", "1"))
+
+    def test_unknown_database(self):
+        """A DB that is neither a file nor a service's database is refused."""
+        self.assertIn("no such database", self.refused("log", "nothing"))
+
+    def test_bad_time(self):
+        """A time not written as YYYYMMDDHHMMSS is a usage error."""
+        self.refused("rewind", "files", "--to-time", "2023-11-14", code=2)
