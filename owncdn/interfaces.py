@@ -211,6 +211,31 @@ class IChangeLog(Interface):
         """
 
 
+class IRevalidatable(Interface):
+    """
+    A source that can tell whether a copy a cache holds is still
+    current without sending the bytes again: HTTP fetchers, through a
+    conditional request to the origin.
+
+    Called by cache services when a cached item is older than their
+    C{refresh} time; a source without it is revalidated by a plain
+    L{IReadableFiles.get} and a comparison of ETags.
+    """
+
+    def revalidate(path: str, held: FileInfo, query: str = ""):
+        """
+        Ask whether C{held} is still the current content of C{path}.
+
+        @param held: the L{FileInfo} of the copy the caller holds, as
+            this service gave it (its C{etag} and C{metadata} carry the
+            validators).
+        @param query: as for L{IReadableFiles.get}.
+        @return: a Deferred that fires with C{None} when C{held} is
+            still current, else with an L{IFileBody} of the new
+            content; or fails as L{IReadableFiles.get} does.
+        """
+
+
 class ICache(Interface):
     """
     A cache service (memory or disk).
@@ -221,4 +246,12 @@ class ICache(Interface):
         Drop every cached item.
 
         @return: a Deferred that fires with the number of items removed.
+        """
+
+    def stats() -> dict:
+        """
+        The cache's counters and sizes, for C{servicelist} and
+        C{owncdn status}: at least C{hits}, C{misses} (requests the
+        cache could not answer from what it holds), C{sourceRequests}
+        (calls it made to its source), C{items} and C{bytes}.
         """
