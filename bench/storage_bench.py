@@ -43,6 +43,19 @@ def text_corpus(size: int) -> bytes:
     return b"".join(parts)[:size]
 
 
+def random_file(folder: Path, size: int):
+    """
+    An upload body of C{size} random bytes (whole 64 MiB blocks), in a
+    temporary file like the ones the web layer spools uploads into.
+    """
+    noise = os.urandom(64 * 1024 * 1024)
+    body = tempfile.TemporaryFile(dir=folder)
+    for _ in range(size // len(noise)):
+        body.write(noise)
+    body.seek(0)
+    return body
+
+
 def rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6:,.0f} MB/s"
 
@@ -81,11 +94,7 @@ def encoding(text: bytes, noise: bytes) -> None:
 def engine_throughput(folder: Path, size: int) -> None:
     engine = StorageEngine(folder / "throughput.db")
     engine.open()
-    noise = os.urandom(64 * 1024 * 1024)
-    with tempfile.TemporaryFile(dir=folder) as body:
-        for _ in range(size // len(noise)):
-            body.write(noise)
-        body.seek(0)
+    with random_file(folder, size) as body:
         started = time.perf_counter()
         change, loaded = engine.put("big.bin", body, "x", None, None, None, 1.0)
         print(f"put {size >> 20} MiB random: {rate(size, time.perf_counter() - started)}")
@@ -117,11 +126,7 @@ def service_streaming(folder: Path, size: int) -> None:
     def run(reactor):
         service = StorageService(folder / "stream.db", reactor)
         service.startService()
-        noise = os.urandom(64 * 1024 * 1024)
-        with tempfile.TemporaryFile(dir=folder) as body:
-            for _ in range(size // len(noise)):
-                body.write(noise)
-            body.seek(0)
+        with random_file(folder, size) as body:
             yield service.put("big.bin", body)
         for attempt in ("first", "second"):
             body = yield service.get("big.bin")

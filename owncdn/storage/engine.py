@@ -359,18 +359,15 @@ class StorageEngine:
                 _OPEN_VERSION + " WHERE c.version = :version AND c.path = :path",
                 params,
             ).fetchone()
-            if row is None or row[11]:
+            if row is None or row[11]:  # unknown, or pruned
                 raise NoSuchVersion(f"no version {version!r} of {path!r}")
-            if row[2] == "delete":
-                raise DeleteMarkerVersion(
-                    f"version {version!r} of {path!r} is a delete marker"
-                )
         change = change_from_row(row)
-        compressed, stored_size, stored = row[13], row[14], row[15]
-        br_size = stored_size if compressed else None
+        chunk_size, _, current, compressed, stored_size, stored = row[10:]
+        if change.op == "delete":
+            raise DeleteMarkerVersion(f"version {version!r} of {path!r} is a delete marker")
         found = StoredVersion(
-            change_id=change.id, info=info_from_change(change, bool(row[12])),
-            chunk_size=row[10], br_size=br_size,
+            change_id=change.id, info=info_from_change(change, bool(current)),
+            chunk_size=chunk_size, br_size=stored_size if compressed else None,
         )
         if change.size > self.small_file_limit:
             return LoadedVersion(found, None, None)
