@@ -7,6 +7,7 @@ where real threads are the point.
 import io
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -301,10 +302,14 @@ class ThreadedServiceTests(TestCase):
 
     @inlineCallbacks
     def test_round_trip_in_threads(self):
-        """Writes, reads, listing and stop work across real threads."""
+        """Writes, reads, listing and stop work in threads, none on the reactor's."""
         folder = Path(self.mktemp())
         folder.mkdir()
         service = StorageService(folder / "threads.db", reactor)
+        engine_threads = set()
+        for name in ("open", "put", "open_version", "read_chunk", "list_files", "close"):
+            self.patch(service._engine, name, self.recorded(
+                getattr(service._engine, name), engine_threads))
         service.startService()
         data = os.urandom(CHUNK_SIZE * 2 + 7)
         info = yield service.put("big", io.BytesIO(data))
@@ -322,3 +327,12 @@ class ThreadedServiceTests(TestCase):
         self.assertEqual(infos, [info, small])
         yield service.stopService()
         self.assertFalse(is_locked(folder / "threads.db.lock"))
+        self.assertNotIn(threading.main_thread(), engine_threads)
+        self.assertGreater(len(engine_threads), 1)
+
+    @staticmethod
+    def recorded(method, threads: set):
+        def run(*args):
+            threads.add(threading.current_thread())
+            return method(*args)
+        return run
