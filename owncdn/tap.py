@@ -158,12 +158,17 @@ class SignalService(service.Service):
 
     def startService(self):
         super().startService()
-        # After startup: the reactor installs its own handlers then.
-        self.reactor.callWhenRunning(self._install)
+        self._install()
+        # Again once running: the reactor installs its own SIGTERM
+        # handler at startup.
+        self.reactor.callWhenRunning(self._install, announce=True)
 
-    def _install(self):
+    def _install(self, announce: bool = False):
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._reload))
         signal.signal(signal.SIGTERM, lambda *_: self.reactor.callFromThread(self._terminate))
+        if announce:
+            log.info("running; {signals}",
+                     signals="SIGHUP reloads keys and replication sources, SIGTERM stops gracefully")
 
     def _reload(self):
         log.info("SIGHUP: reloading the configuration")

@@ -1,24 +1,30 @@
 """
-Start the real daemon (C{twistd -n owncdn}) for end-to-end tests.
+Start the real daemon (C{twistd -n owncdn}, or C{twistd -ny owncdn.tac})
+for end-to-end tests.
 
 The daemon logs JSON lines on stdout (C{--logger owncdn.logs.json_stdout});
 the harness reads them to learn the ports it listens on, so tests listen
 on port 0 and never race for a free port.  Every wait is bounded.
 """
 
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 
 from owncdn import config as configmod
 
 STARTUP_TIMEOUT = 30
-STOP_TIMEOUT = 30
-TWISTD = [sys.executable, "-m", "twisted"]
+# Longer than the daemon's own drain timeout, so a SIGKILL means a hang.
+STOP_TIMEOUT = 45
+# "python -m twisted" is the twist runner, which has no -n or --logger.
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
+                                "sys.argv[0] = 'twistd'; run()"]
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL = "tcp:0:interface=127.0.0.1"
 
 
 def write_config(data_dir: Path, services=None, keys=None, **top) -> dict:
@@ -66,6 +72,8 @@ class DaemonProcess(protocol.ProcessProtocol):
         self.ready = defer.Deferred()
         self.ended = defer.Deferred()
         self.exit_code = None
+        self.exit_signal = None
+        self.running = False
         self.transport = None
 
     @property
@@ -81,20 +89,29 @@ class DaemonProcess(protocol.ProcessProtocol):
             except ValueError:
                 continue
             self.events.append(event)
-            if "starting on" in event.get("log_format", "") and "port" in event:
+            if event.get("log_namespace") != "owncdn.tap":
+                continue
+            # "listening on {description} (port {port})", one per
+            # endpoint, then "running; {signals}" once the reactor runs
+            # and SIGTERM is sure to stop the daemon gracefully.
+            if "port" in event:
                 self.ports.append(int(event["port"]))
-                if len(self.ports) == self.expected_ports and not self.ready.called:
-                    self.ready.callback(self)
+            elif "signals" in event:
+                self.running = True
+            if (self.running and len(self.ports) == self.expected_ports
+                    and not self.ready.called):
+                self.ready.callback(self)
 
     def errReceived(self, data: bytes):
         self.stderr += data
 
     def processEnded(self, reason):
         self.exit_code = reason.value.exitCode
+        self.exit_signal = reason.value.signal
         if not self.ready.called:
             self.ready.errback(RuntimeError(
                 f"the daemon exited with {self.exit_code} before listening: "
-                f"{self.stderr.decode(errors='replace')}"))
+                f"{self.stderr.decode(errors='replace')}{self.log_text()}"))
         self.ended.callback(self.exit_code)
 
     def messages(self) -> list[str]:
@@ -103,8 +120,29 @@ class DaemonProcess(protocol.ProcessProtocol):
         """
         return [json.dumps(e) for e in self.events]
 
+    def log_text(self) -> str:
+        """
+        Everything the daemon said, stderr and log, as one string.
+        """
+        return self.stderr.decode(errors="replace") + "\n".join(self.messages())
+
     def signal(self, name: str):
         self.transport.signalProcess(name)
+
+    def wait_ended(self, timeout: float = STOP_TIMEOUT) -> defer.Deferred:
+        """
+        A Deferred that fires with the exit code once the process has
+        ended, or fails with C{TimeoutError} after C{timeout} seconds.
+        """
+        waiter = defer.Deferred()
+
+        def fire(code):
+            if not waiter.called:
+                waiter.callback(code)
+            return code
+
+        self.ended.addBoth(fire)
+        return waiter.addTimeout(timeout, reactor)
 
     def stop(self, sig: str = "TERM") -> defer.Deferred:
         """
@@ -116,16 +154,13 @@ class DaemonProcess(protocol.ProcessProtocol):
             self.transport.signalProcess(sig)
         except OSError:
             pass
-        kill = reactor.callLater(STOP_TIMEOUT, self._kill)
-        ended = defer.Deferred()
 
-        def done(code):
-            if kill.active():
-                kill.cancel()
-            ended.callback(code)
+        def kill(failure):
+            failure.trap(defer.TimeoutError)
+            self._kill()
+            return self.wait_ended(STARTUP_TIMEOUT)
 
-        self.ended.addBoth(lambda code: (done(code), code)[1])
-        return ended
+        return self.wait_ended().addErrback(kill)
 
     def _kill(self):
         try:
@@ -134,19 +169,27 @@ class DaemonProcess(protocol.ProcessProtocol):
             pass
 
 
-def spawn_daemon(data_dir: Path, listen=("tcp:0:interface=127.0.0.1",),
-                 env=None, args=()) -> DaemonProcess:
+def spawn_daemon(data_dir: Path, listen=(LOCAL,), env=None, args=(),
+                 tac: bool = False) -> DaemonProcess:
     """
     Start the daemon without waiting; see L{start_daemon}.
+
+    With C{tac}, run C{twistd -ny owncdn.tac} configured through
+    C{OWNCDN_DATA_DIR} and C{OWNCDN_LISTEN} instead of options.
     """
     process = DaemonProcess(len(listen))
-    argv = TWISTD + ["-n", "--pidfile=", "--logger", "owncdn.logs.json_stdout", "owncdn",
-                     "--data-dir", str(data_dir)]
-    for description in listen:
-        argv += ["--listen", description]
-    argv += list(args)
+    argv = TWISTD + ["-n", "--pidfile=", "--logger", "owncdn.logs.json_stdout"]
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if tac:
+        argv += ["-y", str(ROOT / "owncdn.tac")]
+        full_env["OWNCDN_DATA_DIR"] = str(data_dir)
+        full_env["OWNCDN_LISTEN"] = " ".join(listen)
+    else:
+        argv += ["owncdn", "--data-dir", str(data_dir)]
+        for description in listen:
+            argv += ["--listen", description]
+        argv += list(args)
     full_env.update(env or {})
     reactor.spawnProcess(process, argv[0], argv, env=full_env, path=str(ROOT))
     return process
@@ -169,3 +212,21 @@ def kill_hard(process: DaemonProcess) -> defer.Deferred:
     """
     return process.stop("KILL")
 
+
+async def eventually(check, timeout: float = 10, interval: float = 0.1):
+    """
+    Call C{check()} (awaiting it if it is async) every C{interval}
+    seconds until it returns something true, and return that; fail the
+    test after C{timeout} seconds.  The waits are reactor timers, never
+    sleeps.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if reactor.seconds() >= deadline:
+            raise AssertionError(f"not true within {timeout} seconds: {check}")
+        await task.deferLater(reactor, interval, lambda: None)
