@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer, endpoints, error, protocol, reactor, ssl, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from owncdn import config as configmod
+from owncdn.tap import Options
 from tests.daemon import LOCAL, eventually, spawn_daemon, start_daemon, write_config
 from tests.util import asynctest
 
@@ -112,6 +113,35 @@ def make_certificate(folder: Path) -> tuple[Path, Path, bytes]:
     pem = certificate.public_bytes(serialization.Encoding.PEM)
     cert_file.write_bytes(pem)
     return key_file, cert_file, pem
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args, env=None) -> Options:
+        environ = {k: v for k, v in os.environ.items() if k != "OWNCDN_DATA_DIR"}
+        environ.update(env or {})
+        self.patch(os, "environ", environ)
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self):
+        """Without options or environment: ./owncdn-data and tcp:8080."""
+        options = self.parse()
+        self.assertEqual((options["data-dir"], options["listen"]), ("./owncdn-data", ["tcp:8080"]))
+
+    def test_data_dir_from_environment(self):
+        """OWNCDN_DATA_DIR is the data folder when --data-dir is not given."""
+        self.assertEqual(self.parse(env={"OWNCDN_DATA_DIR": "/srv/cdn"})["data-dir"], "/srv/cdn")
+
+    def test_option_beats_environment(self):
+        """--data-dir wins over OWNCDN_DATA_DIR."""
+        options = self.parse("--data-dir", "/a", env={"OWNCDN_DATA_DIR": "/b"})
+        self.assertEqual(options["data-dir"], "/a")
+
+    def test_several_listen(self):
+        """--listen may be given several times, in order, replacing the default."""
+        options = self.parse("--listen", "tcp:80", "--listen", "ssl:443:privateKey=k:certKey=c")
+        self.assertEqual(options["listen"], ["tcp:80", "ssl:443:privateKey=k:certKey=c"])
 
 
 class DaemonTestCase(TestCase):
