@@ -21,6 +21,7 @@ from typing import Any
 
 from owncdn import config, lockfile
 from owncdn.config import Config, ConfigError, ServiceConfig
+from owncdn.replication import admin
 
 DEFAULT_DATA_DIR = "./owncdn-data"
 # The daemon holds this lock in the data folder while it runs, with a
@@ -374,7 +375,7 @@ def _database_size(data_dir: Path, service: ServiceConfig) -> str | None:
 # each returns one, or None when it has nothing to say about that
 # service.  Other parts of OwnCDN (replication) append their own.
 StatusDetail = Callable[[Path, ServiceConfig], str | None]
-STATUS_DETAILS: list[StatusDetail] = [_database_size]
+STATUS_DETAILS: list[StatusDetail] = [_database_size, admin.replica_status_detail]
 
 
 def service_status(data_dir: Path, service: ServiceConfig) -> list[str]:
@@ -461,6 +462,19 @@ def cmd_rewind(args: argparse.Namespace) -> None:
     print(f"Rewound {database}: {result}.")
 
 
+def cmd_replica_resync(args: argparse.Namespace) -> None:
+    data_dir = data_dir_of(args)
+    service = _current(data_dir).service(args.sid)
+    if service is None:
+        raise CommandError(f"there is no service {args.sid!r}")
+    try:
+        removed = admin.resync(data_dir, service, data_dir / LOCK_NAME)
+    except admin.ResyncRefused as e:
+        raise CommandError(str(e)) from None
+    print(f"Removed {len(removed)} files of replica {args.sid}; "
+          "the next start copies its source again from the first change.")
+
+
 # the command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     command(sources, "list", cmd_source_list, "list replication sources (never their keys)")
     command(sources, "remove", cmd_source_remove,
             "remove a replication source").add_argument("id", metavar="ID")
+
+    replicas = group(commands, "replica", "manage replica storage services")
+    command(replicas, "resync", cmd_replica_resync,
+            "drop a replica's copy so that it is rebuilt from its source"
+            ).add_argument("sid", metavar="SID")
 
     log = command(commands, "log", cmd_log, "list the changes of a storage database")
     log.add_argument("db", metavar="DB", help="a .db file, or a storage service ID")

@@ -35,6 +35,13 @@ class ServiceContext:
     config: Config
     registry: "ServiceRegistry"
 
+    @property
+    def spool_dir(self) -> Path:
+        """
+        Where bodies in transit are spooled (emptied at every start).
+        """
+        return Path(self.data_dir) / "spool"
+
 
 class ServiceRegistry:
     """
@@ -43,6 +50,9 @@ class ServiceRegistry:
 
     def __init__(self):
         self._services: dict[str, Any] = {}
+        # Replica pollers by the ID of the service they fill; started
+        # after and stopped before every file service.
+        self.pollers: dict[str, Any] = {}
 
     def add(self, sid: str, service) -> None:
         self._services[sid] = service
@@ -99,4 +109,17 @@ def build_services(context: ServiceContext) -> None:
                 f"services ({service_config.id}).type: {service_config.type} "
                 "services are not available in this version"
             ) from None
-        context.registry.add(service_config.id, module.build(service_config, context))
+        service = module.build(service_config, context)
+        context.registry.add(service_config.id, service)
+        if service_config.options.get("replica"):
+            context.registry.pollers[service_config.id] = _poller(service_config, service, context)
+
+
+def _poller(service_config: ServiceConfig, service, context: ServiceContext):
+    from owncdn.replication.poller import ReplicaPoller
+    from owncdn.replication.status import status_path
+
+    replica = service_config.options["replica"]
+    return ReplicaPoller(
+        service, context.config.source(replica["source"]), replica["sid"], context.reactor,
+        context.spool_dir, status_path=status_path(context.data_dir, service_config.id))

@@ -247,6 +247,8 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
         fail(f"invalid configuration: {e}")
     for _, file_service in registry.items():
         file_service.setServiceParent(root)
+    for poller in registry.pollers.values():
+        poller.setServiceParent(root)
 
     site = OwnCDNSite(Dispatcher(state), spool_dir=spool,
                       max_upload_size=config.max_upload_size,

@@ -186,7 +186,7 @@ def spawn_daemon(data_dir: Path, listen=(LOCAL,), env=None, args=(),
         full_env["OWNCDN_DATA_DIR"] = str(data_dir)
         full_env["OWNCDN_LISTEN"] = " ".join(listen)
     else:
-        argv += ["owncdn", "--data-dir", str(data_dir)]
+        argv += ["owncdn", "--data-dir", str(Path(data_dir).absolute())]
         for description in listen:
             argv += ["--listen", description]
         argv += list(args)

@@ -12,10 +12,8 @@ which stops the poller until an operator resyncs.
 
 import hashlib
 import json
-import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from twisted.logger import Logger
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
+from owncdn.replication.status import ReplicaStatus, write_status
 
 log = Logger()
 
@@ -48,45 +47,6 @@ class SourceReplaced(Exception):
     The source's database is not the one this replica copied: applying
     its changes would mix two histories.
     """
-
-
-@dataclass
-class ReplicaStatus:
-    """
-    What C{owncdn status} and C{servicelist} show of a replica.
-    """
-
-    source: str
-    remote_sid: str
-    state: str = "starting"  # syncing, ok, retrying, stopped
-    last_attempt: float | None = None
-    last_success: float | None = None
-    last_result: str = ""
-    last_applied: int = 0
-    source_last: int | None = None
-    failures: int = 0
-
-    def as_json(self) -> dict:
-        return asdict(self)
-
-
-def write_status(path: Path, status: dict) -> None:
-    """
-    Replace the status file atomically (a reader never sees half).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, path)
-
-
-def read_status(path: Path) -> dict | None:
-    """
-    The last status a replica poller saved, or C{None}.
-    """
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def parse_time(text: str) -> float:
