@@ -216,7 +216,7 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
         range_header = request.getHeader(b"range")
         alternate = body.alternate("br") if allow_br else None
         if alternate is not None:
-            request.setHeader(b"vary", b"Accept-Encoding")
+            request.responseHeaders.addRawHeader(b"vary", b"Accept-Encoding")
         if alternate is not None and range_header is None and accepts_encoding(request, b"br"):
             body.close()
             body = alternate

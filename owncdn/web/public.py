@@ -40,6 +40,11 @@ class PublicBinding(AsyncResource):
         self.prefix = self.options["pathPrefix"].encode("utf-8")
         if not self.prefix.endswith(b"/"):
             self.prefix += b"/"
+        seconds = self.options["clientCacheSeconds"]
+        self.headers = {b"cache-control": b"public, max-age=%d" % seconds} if seconds else {}
+        if self.options["appendWebp"]:
+            # The answer depends on Accept: shared caches must key on it.
+            self.headers[b"vary"] = b"Accept"
 
     def matches(self, request) -> bool:
         path = request.path
@@ -47,8 +52,16 @@ class PublicBinding(AsyncResource):
             return False
         return matches_host_port(request, self.options["host"], self.options["port"])
 
-    def _source_path(self, request) -> str:
+    def _source_request(self, request) -> tuple[str, str]:
+        """
+        The path and query to ask the source for: C{pathPrefix} removed,
+        C{sourcePath} prepended; the query as sent (unless
+        C{removeQuery}), with C{webp=1}/C{webp=0} added by
+        C{appendWebp}.
+        """
         raw = request.path[len(self.prefix):]
+        if not raw:
+            raise errors.NoSuchFile("a public binding serves files, not folders")
         try:
             path = unquote_to_bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
@@ -62,9 +75,7 @@ class PublicBinding(AsyncResource):
             accept = request.getHeader(b"accept") or b""
             webp = b"webp=1" if b"image/webp" in accept else b"webp=0"
             query = query + b"&" + webp if query else webp
-        if query:
-            path += "?" + query.decode("utf-8", "replace")
-        return path
+        return path, query.decode("utf-8", "replace")
 
     async def handle(self, request):
         request.logged_service = self.sid
@@ -77,13 +88,9 @@ class PublicBinding(AsyncResource):
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             raise errors.MethodNotAllowed("only GET and HEAD")
-        path = self._source_path(request)
-        source = self.state.registry.get(self.options["source"])
-        body = await source.get(path)
-        headers = {}
-        if self.options["clientCacheSeconds"]:
-            headers[b"cache-control"] = b"public, max-age=%d" % self.options["clientCacheSeconds"]
-        await send_file(request, body, headers)
+        path, query = self._source_request(request)
+        body = await self.state.registry.get(self.options["source"]).get(path, query=query)
+        await send_file(request, body, self.headers)
 
     def send_error(self, request, error):
         status = error.status if error.status < 500 else 502
