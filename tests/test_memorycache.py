@@ -11,6 +11,7 @@ L{treq.testing.StubTreq}.  Time is a L{Clock}.
 import gc
 import hashlib
 import io
+import json
 import os
 import tracemalloc
 
@@ -663,7 +664,7 @@ class FlushAndListTests(CacheTestCase):
         self.assertEqual([(i.path, i.size) for i in infos], [("a/x", 4), ("a/x?w=1", 4)])
 
     def test_stats(self):
-        """stats() has the counters and sizes servicelist and status show."""
+        """stats() is a JSON-ready dict of the counters and sizes servicelist and status show."""
         self.put("a", b"data")
         self.fetch("a")
         stats = self.cache.stats()
@@ -672,6 +673,7 @@ class FlushAndListTests(CacheTestCase):
                      "items", "bytes", "maxMemory"):
             self.assertIn(name, stats)
         self.assertEqual((stats["items"], stats["maxMemory"]), (1, self.max_memory))
+        self.assertEqual(json.loads(json.dumps(stats)), stats)
 
 
 class BuildTests(SynchronousTestCase):
