@@ -50,6 +50,13 @@ class DaemonState:
             service.change_listeners.append(feed.notify)
         return feed
 
+    def release_waiters(self) -> None:
+        """
+        Answer every parked C{syncnext} long poll: the daemon is stopping.
+        """
+        for feed in self._feeds.values():
+            feed.release_all()
+
     def reload(self) -> None:
         """
         Re-read C{owncdn.json} and take its keys and replication sources.

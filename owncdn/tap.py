@@ -135,11 +135,13 @@ class DrainService(service.Service):
     progress finish and closes the connections.
     """
 
-    def __init__(self, site: OwnCDNSite):
+    def __init__(self, site: OwnCDNSite, state: DaemonState):
         self.site = site
+        self.state = state
 
     def stopService(self):
         super().stopService()
+        self.state.release_waiters()
         return self.site.drain()
 
 
@@ -258,7 +260,7 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
             site.request_logs[service_config.id] = RequestLog()
     web = SequentialMultiService()
     web.setName("web")
-    DrainService(site).setServiceParent(web)
+    DrainService(site, state).setServiceParent(web)
     for description, endpoint in listeners:
         ListenService(description, endpoint, site).setServiceParent(web)
     web.setServiceParent(root)

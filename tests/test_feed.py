@@ -91,3 +91,12 @@ class ChangeFeedTests(SynchronousTestCase):
         """wait=0 never parks the request."""
         self.assertEqual(self.successResultOf(self.ask(wait=0)), [])
         self.assertEqual(self.feed.waiting, 0)
+
+    def test_release_all_answers_waiters(self):
+        """Stopping the daemon answers every parked long poll at once, with its timer gone."""
+        waiting = [self.ask() for _ in range(3)]
+        self.feed.release_all()
+        for d in waiting:
+            self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual(self.feed.waiting, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

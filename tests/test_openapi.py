@@ -323,9 +323,6 @@ class FunctionTests(LiveTests):
                                          headers={"Range": f"bytes={len(data)}-"})
         self.assertEqual((response.code, body), (416, b""))
 
-    test_getfile_open_range_past_end.todo = (
-        "owncdn/web/fileresponse.py parse_range checks end <= start before "
-        "start >= size, so bytes=SIZE- sends the whole file with 200")
 
     @asynctest
     async def test_getfile_conditional(self):
@@ -486,9 +483,6 @@ class ErrorTests(LiveTests):
                                              params={"sid": "files", "limit": "\u00b2"}),
                           "InvalidParameter")
 
-    test_unicode_digit_limit.todo = (
-        "owncdn/web/standard.py Params.integer trusts str.isdigit, and int('\u00b2') "
-        "raises, so the answer is 500 InternalError")
 
     @asynctest
     async def test_function_not_offered_by_web_service(self):
@@ -496,9 +490,6 @@ class ErrorTests(LiveTests):
         self.assert_error(await self.checked("GET", "filelist", 400, params={"sid": "api"}),
                           "NotSupported")
 
-    test_function_not_offered_by_web_service.todo = (
-        "owncdn/web/standard.py looks api/public services up in the file-service "
-        "registry, which answers NoSuchService (404)")
 
     @asynctest
     async def test_file_errors(self):

@@ -43,6 +43,16 @@ class ChangeFeed:
         for waiter in waiters:
             txaio.resolve(waiter, change.id)
 
+    def release_all(self) -> None:
+        """
+        Answer every waiting long poll now (with whatever is new, usually
+        nothing): the daemon is stopping and must not hold replicas for
+        their full wait.
+        """
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            txaio.resolve(waiter, None)
+
     def wait_for_change(self):
         """
         @return: a future that resolves with the ID of the next change;

@@ -7,6 +7,7 @@ Standard mode, S3 mode and public bindings all answer with this.
 """
 
 import calendar
+import re
 from email.utils import formatdate, parsedate
 
 from twisted.internet import defer
@@ -16,6 +17,7 @@ from zope.interface import implementer
 from owncdn.interfaces import FileInfo
 
 BLOCK = 1024 * 1024
+_DIGITS = re.compile(rb"[0-9]*")
 
 
 def http_date(seconds: float) -> bytes:
@@ -101,7 +103,7 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != b"bytes" or b"," in spec:
         return None
     first, dash, last = spec.strip().partition(b"-")
-    if not dash or not (first.isdigit() or first == b"") or not (last.isdigit() or last == b""):
+    if not dash or not _DIGITS.fullmatch(first) or not _DIGITS.fullmatch(last):
         return None
     if first == b"":
         if last == b"":
@@ -112,7 +114,7 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size
     start = int(first)
     end = int(last) + 1 if last else size
-    if end <= start:
+    if last and end <= start:
         return None
     if start >= size:
         raise Unsatisfiable()

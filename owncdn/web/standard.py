@@ -71,7 +71,7 @@ class Params:
         value = self.get(name)
         if value is None:
             return default
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
             raise errors.InvalidParameter(
                 f"the parameter {name} must be a whole number from {low} to {high}")
         return int(value)
@@ -281,6 +281,8 @@ class StandardAPI(AsyncResource):
                 raise errors.NoSuchService(f"no service {call.sid!r}")
             require(key, call.sid, function.level)
             if not function.web_service:
+                if call.sid not in self.state.registry:
+                    raise errors.NotSupported(f"{name} is not offered by service {call.sid!r}")
                 call.service = self.state.registry.get(call.sid)
         await function.run(call)
 
