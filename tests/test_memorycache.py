@@ -663,6 +663,15 @@ class FlushAndListTests(CacheTestCase):
         infos, _ = self.successResultOf(self.cache.list("a/", None, 10))
         self.assertEqual([(i.path, i.size) for i in infos], [("a/x", 4), ("a/x?w=1", 4)])
 
+    def test_list_same_names(self):
+        """A path holding '?' and a path with that query are both listed, under the same name."""
+        self.put("a?b", b"literal")
+        self.put("a", b"plain")
+        self.fetch("a?b")
+        self.fetch("a", "b")
+        infos, _ = self.successResultOf(self.cache.list("", None, 10))
+        self.assertEqual(sorted(i.size for i in infos if i.path == "a?b"), [5, 7])
+
     def test_stats(self):
         """stats() is a JSON-ready dict of the counters and sizes servicelist and status show."""
         self.put("a", b"data")

@@ -246,8 +246,9 @@ class FileSystem(Service):
                     continue
                 yield from self._walk(entry.path, key, prefix, after)
             elif key.startswith(prefix) and key > after:
-                real = os.path.realpath(entry.path)
-                if self._inside(real):
+                if not entry.is_symlink():
+                    yield key.decode("utf-8"), entry.path
+                elif self._inside(real := os.path.realpath(entry.path)):
                     yield key.decode("utf-8"), real
 
     # IWritableFiles

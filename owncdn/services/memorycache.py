@@ -282,9 +282,10 @@ class MemoryCache(Service):
             prefix = fold_case(prefix)
             after = fold_case(after) if after is not None else None
         names = sorted(
-            (name, entry) for key, entry in self._entries.items()
-            if (name := display_path(key)).startswith(prefix)
-            and (after is None or name > after)
+            ((name, entry) for key, entry in self._entries.items()
+             if (name := display_path(key)).startswith(prefix)
+             and (after is None or name > after)),
+            key=lambda item: item[0],
         )
         page = [replace(entry.info, path=name) for name, entry in names[:limit]]
         return succeed((page, page[-1].path if len(names) > limit else None))
