@@ -50,7 +50,8 @@ class Change:
 
     @ivar id: the change ID, monotonic per database.
     @ivar time: seconds since the epoch.
-    @ivar op: C{"put"} or C{"delete"}.
+    @ivar op: C{"put"}, C{"delete"} or C{"purge"} (the version named by
+        C{version} was removed for good; see L{IVersionedFiles.purge}).
     """
 
     id: int
@@ -186,6 +187,33 @@ class IVersionedFiles(Interface):
             every kept version of C{path}, delete markers included,
             newest first; or fails with L{owncdn.errors.NoSuchFile} when
             the path has none.
+        """
+
+    def list_versions(prefix: str, after, limit: int):
+        """
+        List the kept versions of every path under C{prefix}, delete
+        markers included: paths in UTF-8 byte order, and each path's
+        versions newest first (S3's ListObjectVersions order).
+
+        @param after: C{None} to start at the beginning; C{(path, None)}
+            to start after every version of C{path}; C{(path, version)}
+            to start with the versions of C{path} older than C{version}.
+        @return: a Deferred that fires with C{(infos, next)}, where
+            C{next} is the C{(path, version)} of the last L{FileInfo}
+            returned when more follow, else C{None}.
+        """
+
+    def purge(path: str, version: str):
+        """
+        Remove one version of C{path} for good, as S3's DeleteObject with
+        a C{versionId} does; when it was the newest version, the one
+        before it (a file or a delete marker) becomes current.  Recorded
+        as a C{"purge"} L{Change}, which replicas apply.
+
+        @return: a Deferred that fires with the L{FileInfo} the removed
+            version had (C{deleted} for a delete marker), or C{None}
+            when C{path} has no such version; or fails with
+            L{owncdn.errors.ReadOnlyReplica}.
         """
 
 

@@ -33,8 +33,10 @@ from owncdn.interfaces import (
 from owncdn.paths import fold_case
 from owncdn.storage import (
     DeleteMarkerVersion,
+    change_id_of,
     check_digests,
     guess_content_type,
+    purge_change,
     version_id,
 )
 from owncdn.storage.bodies import BytesBody
@@ -82,17 +84,34 @@ class MemoryFiles:
         versions = self._paths.get(path)
         return versions[-1] if versions else None
 
-    def _record(self, version: _Version) -> None:
+    def _is_live(self, path: str) -> bool:
+        current = self._current(path)
+        return current is not None and current.change.op == "put"
+
+    def _record(self, version: _Version) -> _Version | None:
+        """
+        Log a change and apply it; for a purge, return the version it
+        removed (if the path had it).
+        """
         path = version.change.path
-        was_live = (current := self._current(path)) is not None and current.change.op == "put"
+        was_live = self._is_live(path)
         self._log.append(version)
-        self._paths.setdefault(path, []).append(version)
-        if version.change.op == "put" and not was_live:
+        versions = self._paths.setdefault(path, [])
+        removed = None
+        if version.change.op == "purge":
+            removed = next((v for v in versions if v.change.version == version.change.version), None)
+            if removed is not None:
+                versions.remove(removed)
+        else:
+            versions.append(version)
+        is_live = self._is_live(path)
+        if is_live and not was_live:
             insort(self._live, path)
-        elif version.change.op == "delete" and was_live:
+        elif was_live and not is_live:
             self._live.remove(path)
         for listener in list(self.change_listeners):
             listener(version.change)
+        return removed
 
     def _body(self, version: _Version, current: bool) -> BytesBody:
         return BytesBody(_info(version, current), version.data, self.chunk_size, version.br)
@@ -143,9 +162,9 @@ class MemoryFiles:
             metadata: dict | None = None, expected_md5: bytes | None = None,
             expected_sha256: bytes | None = None) -> Deferred:
         path = self._key(path)
-        data, br = self._content(body)
-        md5, sha256 = hashlib.md5(data).digest(), hashlib.sha256(data).digest()
         try:
+            data, br = self._content(body)
+            md5, sha256 = hashlib.md5(data).digest(), hashlib.sha256(data).digest()
             check_digests(md5, sha256, expected_md5, expected_sha256)
         except Exception:
             return fail(Failure())
@@ -183,6 +202,31 @@ class MemoryFiles:
             return fail(NoSuchFile(f"no file {path!r}"))
         newest = versions[-1]
         return succeed([_info(v, v is newest) for v in reversed(versions)])
+
+    def list_versions(self, prefix: str, after: tuple[str, str | None] | None,
+                      limit: int) -> Deferred:
+        if limit < 1:
+            return fail(ValueError(f"limit must be at least 1, not {limit}"))
+        prefix = self._key(prefix)
+        infos = []
+        for path in sorted(p for p in self._paths if p.startswith(prefix)):
+            versions = self._paths[path]
+            infos += [_info(v, v is versions[-1]) for v in reversed(versions)]
+        if after is not None:
+            key, version = self._key(after[0]), after[1]
+            infos = [i for i in infos if i.path > key or (
+                i.path == key and version is not None
+                and change_id_of(i.version) < change_id_of(version))]
+        following = (infos[limit - 1].path, infos[limit - 1].version) if len(infos) > limit else None
+        return succeed((infos[:limit], following))
+
+    def purge(self, path: str, version: str) -> Deferred:
+        path = self._key(path)
+        if not any(v.change.version == version for v in self._paths.get(path, ())):
+            return succeed(None)
+        change = purge_change(self.last_change_id() + 1, self.clock.seconds(), path, version)
+        removed = self._record(_Version(change, b"", None))
+        return succeed(_info(removed, False))
 
     # IChangeLog
 

@@ -324,3 +324,110 @@ class FileServiceContractMixin:
         self.failureResultOf(self.files.get("r/z"), NoSuchFile)
         self.successResultOf(self.files.apply_change(change, io.BytesIO(b"right")))
         self.failureResultOf(self.files.apply_change(change, io.BytesIO(b"right")), ValueError)
+
+    def test_list_versions_order(self):
+        """Version listings go path by path in byte order, newest version first, markers included."""
+        old = self.put("v/b", b"1")
+        self.clock.advance(1)
+        new = self.put("v/b", b"22")
+        marker = self.successResultOf(self.files.delete("v/b"))
+        only = self.put("v/a", b"a")
+        self.put("w", b"outside")
+        infos, following = self.successResultOf(self.files.list_versions("v/", None, 10))
+        self.assertEqual([(i.path, i.version, i.deleted, i.current) for i in infos], [
+            ("v/a", only.version, False, True),
+            ("v/b", marker.version, True, True),
+            ("v/b", new.version, False, False),
+            ("v/b", old.version, False, False),
+        ])
+        self.assertEqual([i.size for i in infos], [1, 0, 2, 1])
+        self.assertIsNone(following)
+
+    def test_list_versions_pages(self):
+        """Paging by (path, version) resumes inside a path's versions and after a path."""
+        versions = [self.put("p", bytes([n])).version for n in range(3)]
+        self.put("q", b"q")
+        infos, following = self.successResultOf(self.files.list_versions("", None, 2))
+        self.assertEqual([i.version for i in infos], versions[:0:-1])
+        self.assertEqual(following, ("p", versions[1]))
+        infos, following = self.successResultOf(self.files.list_versions("", following, 2))
+        self.assertEqual([(i.path, i.version) for i in infos],
+                         [("p", versions[0]), ("q", infos[1].version)])
+        self.assertIsNone(following)
+        infos, _ = self.successResultOf(self.files.list_versions("", ("p", None), 10))
+        self.assertEqual([i.path for i in infos], ["q"])
+
+    def test_purge_old_version(self):
+        """Purging an old version removes it for good and leaves the current one."""
+        old = self.put("doc", b"old")
+        new = self.put("doc", b"new")
+        purged = self.successResultOf(self.files.purge("doc", old.version))
+        self.assertEqual((purged.version, purged.deleted), (old.version, False))
+        self.failureResultOf(self.files.get("doc", old.version), NoSuchVersion)
+        self.assertEqual(self.fetch("doc"), b"new")
+        listed = self.successResultOf(self.files.versions("doc"))
+        self.assertEqual([v.version for v in listed], [new.version])
+
+    def test_purge_current_version(self):
+        """Purging the newest version makes the one before it current again."""
+        old = self.put("doc", b"old")
+        new = self.put("doc", b"new")
+        self.successResultOf(self.files.purge("doc", new.version))
+        self.assertEqual(self.fetch("doc"), b"old")
+        listed = self.successResultOf(self.files.versions("doc"))
+        self.assertEqual([(v.version, v.current) for v in listed], [(old.version, True)])
+        infos, _ = self.successResultOf(self.files.list("", None, 10))
+        self.assertEqual([i.path for i in infos], ["doc"])
+
+    def test_purge_delete_marker(self):
+        """Purging the delete marker on top brings the file back."""
+        kept = self.put("undo", b"back")
+        marker = self.successResultOf(self.files.delete("undo"))
+        purged = self.successResultOf(self.files.purge("undo", marker.version))
+        self.assertTrue(purged.deleted)
+        self.assertEqual(self.fetch("undo"), b"back")
+        infos, _ = self.successResultOf(self.files.list("", None, 10))
+        self.assertEqual([i.path for i in infos], ["undo"])
+        self.successResultOf(self.files.purge("undo", kept.version))
+        self.failureResultOf(self.files.get("undo"), NoSuchFile)
+        self.failureResultOf(self.files.versions("undo"), NoSuchFile)
+        self.assertEqual(self.successResultOf(self.files.list("", None, 10)), ([], None))
+
+    def test_purge_under_a_delete_marker(self):
+        """Purging the last file under a delete marker leaves the marker current."""
+        old = self.put("gone", b"x")
+        marker = self.successResultOf(self.files.delete("gone"))
+        new = self.put("gone", b"y")
+        self.successResultOf(self.files.purge("gone", new.version))
+        self.failureResultOf(self.files.get("gone"), NoSuchFile)
+        listed = self.successResultOf(self.files.versions("gone"))
+        self.assertEqual([(v.version, v.deleted, v.current) for v in listed],
+                         [(marker.version, True, True), (old.version, False, False)])
+
+    def test_purge_unknown_version(self):
+        """Purging a version the path does not have changes nothing."""
+        info = self.put("doc", b"x")
+        before = self.files.last_change_id()
+        self.assertIsNone(self.successResultOf(self.files.purge("doc", "999999999999")))
+        self.assertIsNone(self.successResultOf(self.files.purge("other", info.version)))
+        self.assertEqual(self.files.last_change_id(), before)
+
+    def test_purge_is_a_change(self):
+        """A purge is a numbered change that names the version removed, and replicates."""
+        heard = []
+        self.files.change_listeners.append(heard.append)
+        first = self.put("r", b"1")
+        second = self.put("r", b"2")
+        self.successResultOf(self.files.purge("r", first.version))
+        changes = self.successResultOf(self.files.changes_after(0, 10))
+        self.assertEqual([(c.op, c.version) for c in changes][2], ("purge", first.version))
+        self.assertEqual(heard[-1], changes[2])
+        replica = self.make_files()
+        bodies = {first.version: b"1", second.version: b"2"}
+        for change in changes:
+            body = io.BytesIO(bodies[change.version]) if change.op == "put" else None
+            self.successResultOf(replica.apply_change(change, body, self.files.dbid))
+        self.assertEqual(self.successResultOf(replica.changes_after(0, 10)), changes)
+        self.assertEqual([v.version for v in self.successResultOf(replica.versions("r"))],
+                         [changes[1].version])
+        self.failureResultOf(replica.get("r", first.version), NoSuchVersion)

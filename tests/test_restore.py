@@ -156,6 +156,41 @@ class RewindTests(RestoreCase):
         engine = self.reopen()
         self.assertEqual(engine.open_version("a").data, b"a2")
 
+    def test_rewind_past_a_purge(self):
+        """Undoing a purge of a newest delete marker brings the marker back as current."""
+        self.put("a", b"a1", 100.0)
+        marker = self.engine.delete("a", 110.0)
+        self.engine.purge("a", marker.version, 120.0)
+        self.assertEqual(self.engine.open_version("a").data, b"a1")
+        self.engine.close()
+        rewind(self.db, to_id=marker.id)
+        engine = self.reopen()
+        self.assertRaises(NoSuchFile, engine.open_version, "a")
+        self.assertEqual([(v.version, v.current) for v in engine.versions("a")],
+                         [("000000000001", False)])
+        self.assertIntact()
+
+    def test_rewind_keeps_a_purge(self):
+        """A point after a purge keeps the purged version gone and the one before current."""
+        self.put("a", b"a1", 100.0)
+        second = self.put("a", b"a2", 110.0)
+        self.engine.purge("a", second.version, 120.0)
+        point = self.engine.changes_after(0, 10)[-1].id
+        self.put("a", b"a3", 130.0)
+        self.engine.close()
+        rewind(self.db, to_id=point)
+        engine = self.reopen()
+        self.assertEqual(engine.open_version("a").data, b"a1")
+        self.assertEqual([v.version for v in engine.versions("a")], ["000000000001"])
+
+    def test_purged_point_refused(self):
+        """A point whose current version was purged since cannot be restored."""
+        self.put("a", b"a1", 100.0)
+        second = self.put("a", b"a2", 110.0)
+        self.engine.purge("a", second.version, 120.0)
+        self.engine.close()
+        self.assertRaises(RestoreError, rewind, self.db, to_id=second.id)
+
     def test_replica_last_applied_follows(self):
         """On a replica the last applied ID does not stay past the point."""
         self.history()

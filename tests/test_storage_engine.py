@@ -225,6 +225,34 @@ class SchemaTests(EngineCase):
         self.assertIsNone(conn.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'half'").fetchone())
 
+    def test_purge_migration(self):
+        """Version 2 rebuilds the change log for purges and keeps rows and the ID high-water mark."""
+        self.engine.close()
+        db = self.engine.db_path.with_name("v1.db")
+        conn = connect(db)
+        self.addCleanup(conn.close)
+        migrate(conn, MIGRATIONS[:1])
+        engine = StorageEngine(db)
+        conn.execute("BEGIN")
+        for n in (1, 2, 3):
+            record_change(conn, Change(
+                id=n, time=float(n), op="put", path="p", version=version_id(n), size=0,
+                etag="", sha256=None, content_type="text/plain"), CHUNK_SIZE)
+        conn.execute("DELETE FROM changes WHERE id = 3")
+        conn.execute("COMMIT")
+        self.assertEqual(migrate(conn, MIGRATIONS), 1)
+        engine.open()
+        self.addCleanup(engine.close)
+        self.assertEqual([v.version for v in engine.versions("p")], [version_id(2), version_id(1)])
+        change, _ = engine.put("p", io.BytesIO(b"x"), "x", None, None, None, 5.0)
+        self.assertEqual(change.id, 4)
+        purge, target = engine.purge("p", version_id(1), 6.0)
+        self.assertEqual((purge.id, purge.op, target.version), (5, "purge", version_id(1)))
+        self.assertRaises(sqlite3.IntegrityError, conn.execute,
+                          "INSERT INTO changes (time, op, path, version, size, etag,"
+                          " content_type, metadata, chunk_size) VALUES"
+                          " (1, 'put', 'q', ?, 0, '', '', '{}', 1)", (version_id(2),))
+
     def test_newer_database_refused(self):
         """A database from a newer OwnCDN is refused, not guessed at."""
         conn = connect(self.engine.db_path)

@@ -201,10 +201,11 @@ class LifecycleTests(Harness, SynchronousTestCase):
 
 class ReplicaTests(Harness, SynchronousTestCase):
     def test_replica_refuses_client_writes(self):
-        """A replica refuses put and delete with ReadOnlyReplica."""
+        """A replica refuses put, delete and purge with ReadOnlyReplica."""
         service = self.start(self.new_service(replica={"source": "hq", "sid": "media"}))
         self.failureResultOf(service.put("x", io.BytesIO(b"x")), ReadOnlyReplica)
         self.failureResultOf(service.delete("x"), ReadOnlyReplica)
+        self.failureResultOf(service.purge("x", "000000000001"), ReadOnlyReplica)
 
     def test_replica_applies_and_remembers(self):
         """Applied changes and the source dbid survive a restart of the replica."""

@@ -301,6 +301,27 @@ class StorageService(Service):
     def versions(self, path: str) -> Deferred:
         return self._in_reader(self._engine.versions, self._key(path))
 
+    def list_versions(self, prefix: str, after: tuple[str, str | None] | None,
+                      limit: int) -> Deferred:
+        if after is not None:
+            after = (self._key(after[0]), after[1])
+        return self._in_reader(self._engine.list_versions, self._key(prefix), after, limit)
+
+    def purge(self, path: str, version: str) -> Deferred:
+        if self.replica is not None:
+            return fail(self._read_only())
+        d = self._in_writer(self._engine.purge, self._key(path), version,
+                            self._reactor.seconds())
+
+        def purged(result: tuple[Change, FileInfo] | None) -> FileInfo | None:
+            if result is None:
+                return None
+            change, target = result
+            self._committed(change, None)
+            return target
+
+        return d.addCallback(purged)
+
     # IChangeLog
 
     def last_change_id(self) -> int:

@@ -11,6 +11,7 @@ uploader gave none, and when an upload's digests are refused.
 import mimetypes
 
 from owncdn.errors import BadDigest, NoSuchVersion
+from owncdn.interfaces import Change
 
 # Files up to this size are answered from memory by the service (and
 # read in one piece when opened), which is what makes small GETs cheap.
@@ -60,6 +61,26 @@ def version_id(change_id: int) -> str:
     them; opaque to clients, and carried unchanged to replicas.
     """
     return f"{change_id:012d}"
+
+
+def change_id_of(version: str) -> int:
+    """
+    The change ID that made version C{version}, the inverse of
+    L{version_id}.
+
+    @raise ValueError: C{version} is not a version ID.
+    """
+    if not (version.isascii() and version.isdigit()):
+        raise ValueError(f"{version!r} is not a version ID")
+    return int(version)
+
+
+def purge_change(change_id: int, now: float, path: str, version: str) -> Change:
+    """
+    The change that removes version C{version} of C{path} for good.
+    """
+    return Change(id=change_id, time=now, op="purge", path=path, version=version,
+                  size=0, etag="", sha256=None, content_type="", metadata={})
 
 
 def guess_content_type(path: str) -> str:

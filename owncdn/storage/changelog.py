@@ -66,14 +66,7 @@ def record_change(conn: sqlite3.Connection, change: Change, chunk_size: int,
         "UPDATE changes SET superseded = ? WHERE superseded IS NULL AND path = ?",
         (change.time, change.path),
     )
-    conn.execute(
-        "INSERT INTO changes (id, time, op, path, version, size, etag, sha256,"
-        " content_type, metadata, chunk_size, pruned)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (change.id, change.time, change.op, change.path, change.version,
-         change.size, change.etag, change.sha256, change.content_type,
-         json.dumps(change.metadata, sort_keys=True), chunk_size, pruned),
-    )
+    _insert(conn, change, chunk_size, None, pruned)
     if change.op == "put" and not pruned:
         conn.execute(
             "INSERT OR REPLACE INTO files (path, change_id) VALUES (?, ?)",
@@ -81,6 +74,61 @@ def record_change(conn: sqlite3.Connection, change: Change, chunk_size: int,
         )
     else:
         conn.execute("DELETE FROM files WHERE path = ?", (change.path,))
+
+
+def record_purge(conn: sqlite3.Connection, change: Change, chunk_size: int) -> Change | None:
+    """
+    Insert the purge C{change} into the log and remove for good the
+    version it names (C{change.version} of C{change.path}): its content
+    goes and its row stays, marked pruned, so no listing shows it again.
+    When it was the newest version, the newest remaining one (a put or a
+    delete marker) becomes current.
+
+    The purge row is never current and has no content: it is
+    superseded and pruned from the start.
+
+    @return: the purged version's own change, or C{None} when the path
+        has no such version with content (the purge is recorded anyway:
+        a replica applies every change the primary made).
+    """
+    _insert(conn, change, chunk_size, change.time, True)
+    row = conn.execute(
+        f"SELECT {CHANGE_COLUMNS}, c.superseded IS NULL FROM changes c"
+        " WHERE c.path = ? AND c.version = ? AND c.op != 'purge' AND c.pruned = 0",
+        (change.path, change.version),
+    ).fetchone()
+    if row is None:
+        return None
+    target = change_from_row(row)
+    conn.execute("UPDATE changes SET pruned = 1, superseded = coalesce(superseded, ?)"
+                 " WHERE id = ?", (change.time, target.id))
+    conn.execute("DELETE FROM chunks WHERE change_id = ?", (target.id,))
+    if row[10]:
+        newest = conn.execute(
+            "SELECT id, op FROM changes WHERE path = ? AND op != 'purge' AND pruned = 0"
+            " ORDER BY id DESC LIMIT 1",
+            (change.path,),
+        ).fetchone()
+        if newest is not None:
+            conn.execute("UPDATE changes SET superseded = NULL WHERE id = ?", (newest[0],))
+        if newest is not None and newest[1] == "put":
+            conn.execute("INSERT OR REPLACE INTO files (path, change_id) VALUES (?, ?)",
+                         (change.path, newest[0]))
+        else:
+            conn.execute("DELETE FROM files WHERE path = ?", (change.path,))
+    return target
+
+
+def _insert(conn: sqlite3.Connection, change: Change, chunk_size: int,
+            superseded: float | None, pruned: bool) -> None:
+    conn.execute(
+        "INSERT INTO changes (id, time, op, path, version, size, etag, sha256,"
+        " content_type, metadata, chunk_size, superseded, pruned)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (change.id, change.time, change.op, change.path, change.version,
+         change.size, change.etag, change.sha256, change.content_type,
+         json.dumps(change.metadata, sort_keys=True), chunk_size, superseded, pruned),
+    )
 
 
 def next_change_id(conn: sqlite3.Connection) -> int:

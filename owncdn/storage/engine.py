@@ -23,7 +23,9 @@ from owncdn.interfaces import Change, FileInfo
 from owncdn.storage import (
     SMALL_FILE_LIMIT,
     DeleteMarkerVersion,
+    change_id_of,
     check_digests,
+    purge_change,
     version_id,
 )
 from owncdn.storage.changelog import (
@@ -34,6 +36,7 @@ from owncdn.storage.changelog import (
     next_change_id,
     read_meta,
     record_change,
+    record_purge,
     write_meta,
     write_transaction,
 )
@@ -238,6 +241,26 @@ class StorageEngine:
             record_change(conn, change, self.chunk_size)
         return change
 
+    def purge(self, path: str, version: str, now: float) -> tuple[Change, FileInfo] | None:
+        """
+        Remove one version of C{path} for good (a put or a delete
+        marker); when it was the newest, the one before becomes current.
+        See L{owncdn.storage.changelog.record_purge}.
+
+        @return: the purge change and the L{FileInfo} the version had,
+            or C{None} (and no change) when C{path} has no such version.
+        """
+        with self._writing() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM changes WHERE path = ? AND version = ? AND op != 'purge'"
+                " AND pruned = 0", (path, version),
+            ).fetchone()
+            if found is None:
+                return None
+            change = purge_change(next_change_id(conn), now, path, version)
+            target = record_purge(conn, change, self.chunk_size)
+        return change, info_from_change(target, False)
+
     def apply_change(self, change: Change, body: BinaryIO | None,
                      source_dbid: str | None = None) -> LoadedVersion | None:
         """
@@ -263,8 +286,11 @@ class StorageEngine:
                     content.md5, content.sha256, bytes.fromhex(change.etag),
                     bytes.fromhex(change.sha256) if change.sha256 else None,
                 )
-            pruned = change.op == "put" and content is None
-            record_change(conn, change, self.chunk_size, pruned=pruned)
+            if change.op == "purge":
+                record_purge(conn, change, self.chunk_size)
+            else:
+                record_change(conn, change, self.chunk_size,
+                              pruned=change.op == "put" and content is None)
             write_meta(conn, "last_applied", str(change.id))
             if source_dbid is not None:
                 write_meta(conn, "source_dbid", source_dbid)
@@ -356,7 +382,8 @@ class StorageEngine:
                 raise NoSuchFile(f"no file {path!r}")
         else:
             row = conn.execute(
-                _OPEN_VERSION + " WHERE c.version = :version AND c.path = :path",
+                _OPEN_VERSION + " WHERE c.version = :version AND c.op != 'purge'"
+                " AND c.path = :path",
                 params,
             ).fetchone()
             if row is None or row[11]:  # unknown, or pruned
@@ -431,6 +458,39 @@ class StorageEngine:
         if not rows:
             raise NoSuchFile(f"no file {path!r}")
         return [info_from_change(change_from_row(row), bool(row[10])) for row in rows]
+
+    def list_versions(self, prefix: str, after: tuple[str, str | None] | None,
+                      limit: int) -> tuple[list[FileInfo], tuple[str, str] | None]:
+        """
+        Kept versions (delete markers included) of every path under
+        C{prefix}: paths in UTF-8 byte order, each path's versions newest
+        first; see L{owncdn.interfaces.IVersionedFiles.list_versions}.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        where = ["c.path >= :lower", "c.op != 'purge'", "c.pruned = 0"]
+        params = {"lower": prefix, "limit": limit + 1}
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            where.append("c.path < :upper")
+            params["upper"] = upper
+        if after is not None:
+            key, version = after
+            params["lower"] = max(prefix, key)
+            params["key"] = key
+            if version is None:
+                where.append("c.path > :key")
+            else:
+                where.append("(c.path > :key OR (c.path = :key AND c.id < :id))")
+                params["id"] = change_id_of(version)
+        rows = self._reader().execute(
+            f"SELECT {CHANGE_COLUMNS}, c.superseded IS NULL FROM changes c"
+            f" WHERE {' AND '.join(where)} ORDER BY c.path, c.id DESC LIMIT :limit",
+            params,
+        ).fetchall()
+        infos = [info_from_change(change_from_row(row), bool(row[10])) for row in rows[:limit]]
+        following = (infos[-1].path, infos[-1].version) if len(rows) > limit else None
+        return infos, following
 
     def changes_after(self, after: int, limit: int) -> list[Change]:
         rows = self._reader().execute(

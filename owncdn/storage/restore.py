@@ -198,13 +198,16 @@ def _rewind(conn: sqlite3.Connection, to_id: int | None,
 
 def _newest_up_to(conn: sqlite3.Connection, path: str, change_id: int) -> tuple | None:
     """
-    C{(id, version, op, pruned)} of the newest change of C{path} up to
-    C{change_id}.
+    C{(id, version, op, pruned)} of the newest version of C{path} up to
+    C{change_id}: purges are not versions, and a version purged by then
+    no longer counted.
     """
     return conn.execute(
-        "SELECT id, version, op, pruned FROM changes WHERE path = ? AND id <= ?"
+        "SELECT id, version, op, pruned FROM changes c WHERE path = :path AND id <= :id"
+        " AND op != 'purge' AND NOT EXISTS (SELECT 1 FROM changes p WHERE p.op = 'purge'"
+        " AND p.path = :path AND p.version = c.version AND p.id <= :id)"
         " ORDER BY id DESC LIMIT 1",
-        (path, change_id),
+        {"path": path, "id": change_id},
     ).fetchone()
 
 
@@ -216,6 +219,14 @@ def _restore_current(conn: sqlite3.Connection, path: str, newest: tuple | None) 
         conn.execute("DELETE FROM files WHERE path = ?", (path,))
         return
     change_id, _, op, pruned = newest
+    # A purge of the newest version made the one before it current; with
+    # the purge undone that one is superseded again by the next version.
+    conn.execute(
+        "UPDATE changes SET superseded = (SELECT min(n.time) FROM changes n"
+        " WHERE n.path = changes.path AND n.id > changes.id AND n.op != 'purge')"
+        " WHERE path = ? AND superseded IS NULL AND id < ?",
+        (path, change_id),
+    )
     conn.execute("UPDATE changes SET superseded = NULL WHERE id = ?", (change_id,))
     if op == "put" and not pruned:
         conn.execute("INSERT OR REPLACE INTO files (path, change_id) VALUES (?, ?)",

@@ -38,6 +38,7 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #             superseded: time of the next change of the same path (NULL
 #             while this is the newest), what pruning goes by.
 #             pruned=1: the version's content is gone, the log row stays.
+#             (Version 2 adds op 'purge'; see _allow_purge.)
 #   files     the paths whose newest change is a live put (delete
 #             markers are not listed): what filelist pages through.
 #   chunks    content, chunk_size bytes per row before encoding;
@@ -104,7 +105,55 @@ def _create_initial(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (name, value) VALUES ('dbid', ?)", (new_dbid(),))
 
 
-MIGRATIONS: Sequence[Migration] = (_create_initial,)
+# Version 2 lets a change be a purge: S3's DeleteObject of one version
+# removes that version for good, and replicas must hear of it like any
+# other change.  A purge row names the version it removed, so versions
+# are unique among puts and deletes only, and changes_by_path runs
+# newest first per path, the order version listings read.  SQLite cannot
+# change a CHECK or a UNIQUE in place: the table is rebuilt (the usual
+# twelve steps), keeping the AUTOINCREMENT high-water mark, which
+# DROP TABLE would forget.
+_CHANGES_V2 = """
+CREATE TABLE changes_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('put', 'delete', 'purge')),
+    path TEXT NOT NULL,
+    version TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    sha256 TEXT,
+    content_type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    superseded REAL,
+    pruned INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO changes_v2 SELECT id, time, op, path, version, size, etag, sha256,
+    content_type, metadata, chunk_size, superseded, pruned FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_v2 RENAME TO changes;
+CREATE UNIQUE INDEX changes_version ON changes (version) WHERE op != 'purge';
+CREATE INDEX changes_by_path ON changes (path, id DESC);
+CREATE INDEX changes_by_time ON changes (time);
+CREATE INDEX changes_superseded ON changes (superseded)
+    WHERE pruned = 0 AND superseded IS NOT NULL;
+CREATE INDEX current_delete_markers ON changes (time)
+    WHERE op = 'delete' AND superseded IS NULL AND pruned = 0;
+"""
+
+
+def _allow_purge(conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    for statement in _CHANGES_V2.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    if row is not None:
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'changes'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changes', ?)", row)
+
+
+MIGRATIONS: Sequence[Migration] = (_create_initial, _allow_purge)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
