@@ -211,7 +211,7 @@ class ReplicationTests(TestCase):
 
     @asynctest
     async def test_status_reports_replication(self):
-        """owncdn status shows the replica's source and last applied change."""
+        """owncdn status and servicelist show the replica's source and last applied change."""
         primary, _ = await self.start_primary()
         await primary.put("a.txt", b"alpha")
         replica, replica_dir = await self.start_replica(primary)
@@ -230,6 +230,12 @@ class ReplicationTests(TestCase):
             await defer.Deferred.fromCoroutine(_tick())
         self.assertIn("replica of up/media: ok, last applied change 1", out.getvalue())
         self.assertNotIn(KEY, out.getvalue())
+        code, listing = await replica.json("GET", "servicelist")
+        (entry,) = [s for s in listing["services"] if s["id"] == "copy"]
+        self.assertEqual({k: entry["replication"][k] for k in ("source", "remote_sid", "state",
+                                                                "last_applied")},
+                         {"source": "up", "remote_sid": "media", "state": "ok",
+                          "last_applied": 1})
         self.assertIsNotNone(configmod.load(replica_dir))
 
 

@@ -111,8 +111,16 @@ async def servicelist(call: Call):
     for service in call.state.config.services:
         level = access_level(call.key, service.id)
         if LEVELS[level] >= LEVELS["read"]:
-            services.append({"id": service.id, "name": service.name,
-                             "type": service.type, "access": level})
+            entry = {"id": service.id, "name": service.name, "type": service.type,
+                     "access": level}
+            poller = call.state.registry.pollers.get(service.id)
+            if poller is not None:
+                entry["replication"] = poller.status.as_json()
+            if service.id in call.state.registry:
+                running = call.state.registry.get(service.id)
+                if ICache.providedBy(running):
+                    entry["stats"] = running.stats()
+            services.append(entry)
     json_body(call.request, 200, {"services": services})
 
 
