@@ -340,8 +340,8 @@ class OriginBody(Protocol):
 
     def _take(self, length: int) -> bytes:
         """
-        Up to C{length} buffered bytes; none of the last ones before the
-        end is confirmed.
+        Up to C{length} buffered bytes; none at all once the whole body
+        is buffered, until Twisted confirms that it ended there.
         """
         if not self._ended and self._size is not None and self._received >= self._size:
             return b""
