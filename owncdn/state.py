@@ -71,6 +71,10 @@ class DaemonState:
         self.keys = KeyRing(fresh.keys)
         self.config.keys = fresh.keys
         self.config.sources = fresh.sources
+        for poller in self.registry.pollers.values():
+            source = fresh.source(poller.source.id)
+            if source is not None:
+                poller.source = source
         changed = [s.id for s in fresh.services
                    if (old := self.config.service(s.id)) is None or old.raw != s.raw]
         changed += [s.id for s in self.config.services if fresh.service(s.id) is None]

@@ -200,6 +200,35 @@ class ReplicationTests(TestCase):
         await self.assert_same(primary, replica, paths)
 
     @asynctest
+    async def test_sighup_takes_a_new_source_key(self):
+        """A replica whose source key was wrong syncs after the key is fixed and SIGHUP sent."""
+        primary, _ = await self.start_primary()
+        await primary.put("a.txt", b"alpha")
+        data_dir = Path(self.mktemp())
+        replica_config(data_dir, primary.url + "/", "media", "copy")
+        raw = configmod.load(data_dir).raw
+        raw["replicationSources"][0]["key"] = "wrong-secret-0123456789"
+        configmod.save(data_dir, raw)
+        replica, _ = await self.start_replica(primary, data_dir=data_dir)
+        deadline = reactor.seconds() + 10
+        state = None
+        while reactor.seconds() < deadline:
+            code, listing = await replica.json("GET", "servicelist")
+            (entry,) = [e for e in listing["services"] if e["id"] == "copy"]
+            state = entry["replication"]
+            if state["state"] == "retrying":
+                break
+            await defer.Deferred.fromCoroutine(_tick())
+        self.assertEqual(state["state"], "retrying")
+        self.assertIn("401", state["last_result"])
+        raw["replicationSources"][0]["key"] = KEY
+        configmod.save(data_dir, raw)
+        replica.process.signal("HUP")
+        await replica.wait_for(1)
+        code, body = await replica.call("GET", "getfile", path="a.txt")
+        self.assertEqual((code, body), (200, b"alpha"))
+
+    @asynctest
     async def test_chain_of_replicas(self):
         """A replica of a replica converges to the primary too."""
         primary, _ = await self.start_primary()
