@@ -74,7 +74,7 @@ class DaemonState:
         for poller in self.registry.pollers.values():
             source = fresh.source(poller.source.id)
             if source is not None:
-                poller.source = source
+                poller.update_source(source)
         changed = [s.id for s in fresh.services
                    if (old := self.config.service(s.id)) is None or old.raw != s.raw]
         changed += [s.id for s in self.config.services if fresh.service(s.id) is None]

@@ -192,6 +192,20 @@ class PollerTests(SynchronousTestCase):
         self.assertEqual(self.poller.status.failures, 13)
         self.assertIn("503", self.poller.status.last_result)
 
+    def test_new_source_cuts_backoff_short(self):
+        """A reloaded source key is tried at once, not after the running backoff."""
+        self.primary.put("a.txt", b"alpha")
+        self.poller.source = ReplicationSource("hq", "HQ", "http://primary.example/", "bad-key")
+        self.start()
+        for _ in range(6):
+            (call,) = self.clock.getDelayedCalls()
+            self.clock.advance(call.getTime() - self.clock.seconds())
+            self.stub.flush()
+        self.assertEqual(self.target.applied, [])
+        self.poller.update_source(ReplicationSource("hq", "HQ", "http://primary.example/", KEY))
+        self.stub.flush()
+        self.assertEqual([c.path for c, _ in self.target.applied], ["a.txt"])
+
     def test_changed_dbid_stops_the_replica(self):
         """A source whose dbid changed is not applied from; the replica stops and says why."""
         self.primary.put("a.txt", b"alpha")

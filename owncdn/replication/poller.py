@@ -92,6 +92,16 @@ class ReplicaPoller(Service):
         self._status_dirty = False
         self.synced = defer.Deferred()  # replaced after each successful attempt
         self._loop: defer.Deferred | None = None
+        self._backoff: defer.Deferred | None = None
+
+    def update_source(self, source: ReplicationSource) -> None:
+        """
+        Use a reloaded source (new URL or key) from the next request on,
+        and cut a backoff short so that it is tried at once.
+        """
+        self.source = source
+        if self._backoff is not None:
+            self._backoff.cancel()
 
     def startService(self):
         super().startService()
@@ -131,7 +141,16 @@ class ReplicaPoller(Service):
                 self._record("retrying", f"{type(e).__name__}: {e}")
                 log.warn("replica of {source}/{sid}: {error}; retrying in {delay}s",
                          source=self.source.id, sid=self.remote_sid, error=str(e), delay=backoff)
-                await task.deferLater(self.reactor, backoff)
+                self._backoff = task.deferLater(self.reactor, backoff)
+                try:
+                    await self._backoff
+                except defer.CancelledError:
+                    if not self.running:
+                        raise
+                    backoff = FIRST_BACKOFF  # a new source: try it at once
+                    continue
+                finally:
+                    self._backoff = None
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff = FIRST_BACKOFF
