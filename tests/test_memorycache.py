@@ -360,6 +360,21 @@ class MemoryTests(CacheTestCase):
         body = self.successResultOf(cache.get("big.css"))
         self.assertIsNotNone(body.alternate("br"))
 
+    def test_cached_item_keeps_brotli(self):
+        """A cached item keeps the source's Brotli form, counted in its memory cost."""
+        import brotli
+        cache = self.make_cache(self.source)
+        text = b"body { color: red }\n" * 200
+        self.put("site.css", text)
+        self.fetch("site.css", cache=cache)
+        body = self.successResultOf(cache.get("site.css"))
+        self.assertEqual(len(self.source.gets), 1)
+        alternate = body.alternate("br")
+        self.assertIsNotNone(alternate)
+        self.assertEqual(brotli.decompress(self.successResultOf(
+            alternate.read(0, alternate.info.size))), text)
+        self.assertGreater(cache.stats()["bytes"], len(text) + alternate.info.size)
+
     def test_concurrent_big_items(self):
         """Concurrent misses for a big item each get a body of their own."""
         cache = self.make_cache(self.source, max_item_size=10)
@@ -375,10 +390,11 @@ class MemoryTests(CacheTestCase):
     def test_lru_eviction(self):
         """Over maxMemory the least recently used items go first."""
         size = 1000
-        cost = memorycache.item_cost(("f0", ""), self.put("f0", b"0" * size))
+        # Incompressible, so the source offers no Brotli form to hold too.
+        cost = memorycache.item_cost(("f0", ""), self.put("f0", os.urandom(size)))
         cache = self.make_cache(self.source, max_memory=3 * cost)
         for name in ("f1", "f2", "f3"):
-            self.put(name, name.encode() * (size // 2))
+            self.put(name, os.urandom(size))
         for name in ("f0", "f1", "f2"):
             self.fetch(name, cache=cache)
         self.fetch("f0", cache=cache)

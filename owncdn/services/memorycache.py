@@ -78,20 +78,24 @@ class CachedFile:
     from.
     """
 
-    __slots__ = ("info", "data", "cost", "validated_at", "last_used")
+    __slots__ = ("info", "data", "cost", "validated_at", "last_used", "br")
 
-    def __init__(self, info: FileInfo, data: bytes, cost: int, now: float):
+    def __init__(self, info: FileInfo, data: bytes, cost: int, now: float,
+                 br: bytes | None = None):
         self.info = info
         self.data = data
         self.cost = cost
         self.validated_at = now
         self.last_used = now
+        # The source's Brotli form, itself a body (made once, not per hit).
+        self.br = None if br is None else CachedFile(
+            replace(info, size=len(br)), br, 0, now)
 
     def read(self, offset: int, length: int) -> Deferred:
         return succeed(_piece(self.data, offset, length) if offset < len(self.data) else b"")
 
-    def alternate(self, encoding: str) -> None:
-        return None
+    def alternate(self, encoding: str) -> "CachedFile | None":
+        return self.br if encoding == "br" else None
 
     def close(self) -> None:
         pass
@@ -383,6 +387,7 @@ class MemoryCache(Service):
                 if fill.received + len(data) > size:
                     raise SourceError("the source's body is longer than announced")
                 fill.add(data)
+            br = await self._read_brotli(body, size)
         except Exception:
             failure = Failure()
             log.warn("not caching {path}: {error}", path=display_path(key),
@@ -392,17 +397,48 @@ class MemoryCache(Service):
             return
         finally:
             body.close()
-        self._fill_ended(key, fill, fill.finish())
+        self._fill_ended(key, fill, fill.finish(), br)
 
-    def _fill_ended(self, key: CacheKey, fill: Fill, data: bytes | None) -> None:
+    async def _read_brotli(self, body, size: int) -> bytes | None:
+        """
+        The source's Brotli form of the item, when it offers one smaller
+        than the item itself, so that hits pass C{Content-Encoding: br}
+        through as the source would.
+        """
+        alternate = body.alternate("br")
+        if alternate is None:
+            return None
+        try:
+            if alternate.info.size >= size:
+                return None
+            parts, received = [], 0
+            while received < alternate.info.size:
+                data = await alternate.read(received, alternate.info.size - received)
+                if not data:
+                    raise SourceError("the source's Brotli body ended early")
+                parts.append(data)
+                received += len(data)
+            return b"".join(parts)
+        finally:
+            alternate.close()
+
+    def _fill_ended(self, key: CacheKey, fill: Fill, data: bytes | None,
+                    br: bytes | None = None) -> None:
         if self._filling.get(key) is fill:
             del self._filling[key]
         self._reserved -= fill.cost
         if data is None or fill.generation != self._generation:
             return
         self._drop(key)
-        self._entries[key] = CachedFile(fill.info, data, fill.cost, self._clock.seconds())
-        self._held += fill.cost
+        cost = fill.cost
+        if br is not None:
+            if self._reserve(len(br)):
+                self._reserved -= len(br)
+                cost += len(br)
+            else:
+                br = None
+        self._entries[key] = CachedFile(fill.info, data, cost, self._clock.seconds(), br)
+        self._held += cost
 
     # Memory
 
