@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 CODES: Mapping[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
+    "BucketAlreadyOwnedByYou": (409, "Your previous request to create the named bucket succeeded and you already own it."),
     "BadDigest": (400, "The Content-MD5 or checksum value that you specified did not match what the server received."),
     "EntityTooLarge": (400, "Your proposed upload exceeds the maximum allowed object size."),
     "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed object size."),
@@ -26,8 +27,11 @@ CODES: Mapping[str, tuple[int, str]] = {
     "InvalidPartOrder": (400, "The list of parts was not in ascending order."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
+    "KeyTooLongError": (400, "Your key is too long."),
     "MalformedTrailerError": (400, "The request contained trailing data that was not well-formed."),
     "MalformedXML": (400, "The XML you provided was not well-formed or did not validate against our published schema."),
+    "MaxMessageLengthExceeded": (400, "Your request was too big."),
+    "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
     "NoSuchBucket": (404, "The specified bucket does not exist"),
@@ -50,6 +54,9 @@ class S3Error(Exception):
     adds C{<StringToSign>} to C{SignatureDoesNotMatch} or
     C{<ServerTime>} to C{RequestTimeTooSkewed}; clients and people
     debugging a signer read them.
+
+    @ivar headers: response headers that go with the error, such as
+        C{x-amz-delete-marker} on the C{NoSuchKey} of a deleted key.
     """
 
     def __init__(self, code: str, message: str = "", **details: str):
@@ -59,6 +66,7 @@ class S3Error(Exception):
         self.status = status
         self.message = message or default_message
         self.details = details
+        self.headers: dict[bytes, bytes] = {}
         super().__init__(f"{code}: {self.message}")
 
     def to_xml(self, request_id: str, resource: str = "") -> bytes:

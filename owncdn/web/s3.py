@@ -1,39 +1,137 @@
 """
-S3 mode, chosen by any C{x-amz-*} request header.
+S3 mode, chosen by any C{x-amz-*} request header: the resource that
+verifies each request's Signature Version 4, finds the action its
+method, path and sub-resource name, and answers S3's way.
 
-Until the S3 actions land every request gets the S3 XML
-C{NotImplemented} error, with the C{x-amz-request-id} every S3 response
-carries, so S3 clients fail with a clear message instead of a hang.
+Path-style addressing only: C{/<bucket>/<key>}, the bucket being a
+service ID.  The actions live by concept in C{s3buckets}, C{s3objects}
+and C{s3multipart}; C{s3request} is what they share.  See docs/s3.md.
 """
 
 import secrets
-from xml.sax.saxutils import escape
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from twisted.web.resource import Resource
+from owncdn.errors import OwnCDNError
+from owncdn.s3 import sigv4
+from owncdn.s3.errors import S3Error
+from owncdn.s3.multipart import MultipartStore
+from owncdn.web import s3buckets, s3multipart, s3objects
+from owncdn.web.handler import AsyncResource
+from owncdn.web.s3request import S3Call, decode, parse_query, s3_error, send_s3_error
+
+# In the data folder: multipart uploads in progress.
+UPLOADS_FOLDER = "s3-uploads"
+
+Action = Callable[[S3Call], Awaitable[None]]
+
+# The query parameters that name an S3 sub-resource (an action other
+# than the plain one of the method); any not routed below is an action
+# we do not offer.
+SUBRESOURCES = frozenset({
+    "accelerate", "acl", "analytics", "attributes", "cors", "delete", "encryption",
+    "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "location", "logging",
+    "metadataTable", "metrics", "notification", "object-lock", "ownershipControls", "policy",
+    "policyStatus", "publicAccessBlock", "renameObject", "replication", "requestPayment",
+    "restore", "retention", "select", "tagging", "torrent", "uploadId", "uploads",
+    "versioning", "versions", "website",
+})
+
+# (method, sub-resource or None) -> action, for the root, buckets, objects.
+ROOT: dict[tuple[bytes, str | None], Action] = {
+    (b"GET", None): s3buckets.list_buckets,
+    (b"HEAD", None): s3buckets.list_buckets,
+}
+BUCKET: dict[tuple[bytes, str | None], Action] = {
+    (b"GET", None): s3buckets.list_objects,
+    (b"GET", "location"): s3buckets.get_bucket_location,
+    (b"GET", "versioning"): s3buckets.get_bucket_versioning,
+    (b"GET", "acl"): s3buckets.get_bucket_acl,
+    (b"GET", "versions"): s3buckets.list_object_versions,
+    (b"GET", "uploads"): s3multipart.list_multipart_uploads,
+    (b"HEAD", None): s3buckets.head_bucket,
+    (b"PUT", None): s3buckets.create_bucket,
+    (b"DELETE", None): s3buckets.delete_bucket,
+    (b"POST", "delete"): s3buckets.delete_objects,
+}
+OBJECT: dict[tuple[bytes, str | None], Action] = {
+    (b"GET", None): s3objects.get_object,
+    (b"HEAD", None): s3objects.get_object,
+    (b"GET", "acl"): s3objects.get_object_acl,
+    (b"GET", "tagging"): s3objects.get_object_tagging,
+    (b"GET", "uploadId"): s3multipart.list_parts,
+    (b"PUT", None): s3objects.put_object,
+    (b"PUT", "uploadId"): s3multipart.upload_part,
+    (b"POST", "uploads"): s3multipart.create_multipart_upload,
+    (b"POST", "uploadId"): s3multipart.complete_multipart_upload,
+    (b"DELETE", None): s3objects.delete_object,
+    (b"DELETE", "tagging"): s3objects.delete_object_tagging,
+    (b"DELETE", "uploadId"): s3multipart.abort_multipart_upload,
+}
 
 
-def error_document(code: str, message: str, request_id: str, resource: str = "") -> bytes:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
-        f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
-    ).encode()
+def route(method: bytes, bucket: str | None, key: str | None, query: dict[str, str]) -> Action:
+    """
+    The action for a request.
+
+    @raise S3Error: C{NotImplemented} for a sub-resource we do not
+        offer, C{MethodNotAllowed} for a method the resource does not take.
+    """
+    table = ROOT if bucket is None else BUCKET if key is None else OBJECT
+    subresource = next((name for name in query if name in SUBRESOURCES), None)
+    action = table.get((method, subresource))
+    if action is not None:
+        return action
+    if subresource is not None:
+        raise S3Error("NotImplemented", f"This S3 action ({method.decode('latin-1')[:10]} "
+                      f"?{subresource}) is not offered by OwnCDN.")
+    raise S3Error("MethodNotAllowed")
 
 
-class S3API(Resource):
-    isLeaf = True
+def split_path(path: bytes) -> tuple[str | None, str | None]:
+    """
+    The bucket and key of a path-style request path, C{None} where
+    absent: C{/}, C{/bucket}, C{/bucket/}, C{/bucket/key}.
+    """
+    bucket, _, key = path.lstrip(b"/").partition(b"/")
+    return (decode(bucket, "bucket name") or None), (decode(key, "key") or None)
+
+
+class S3API(AsyncResource):
+    """
+    The S3-mode endpoint.
+    """
 
     def __init__(self, state):
         super().__init__()
         self.state = state
+        self.uploads = MultipartStore(Path(state.data_dir) / UPLOADS_FOLDER)
 
-    def render(self, request):
+    def _lookup_secret(self, key_id: str) -> str | None:
+        key = self.state.keys.by_id(key_id)
+        return None if key is None else key.value
+
+    async def handle(self, request) -> None:
         request.logged_service = "api"
         request_id = secrets.token_hex(8).upper()
         request.setHeader(b"x-amz-request-id", request_id.encode())
-        request.setResponseCode(501)
-        request.setHeader(b"content-type", b"application/xml")
-        body = error_document("NotImplemented", "S3 mode is not available yet",
-                              request_id, request.path.decode("utf-8", "replace"))
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return b"" if request.method == b"HEAD" else body
+        try:
+            call = self._authenticate(request, request_id)
+            action = route(request.method, call.bucket, call.key, call.query)
+            await action(call)
+        except S3Error as error:
+            send_s3_error(request, error, request_id)
+
+    def _authenticate(self, request, request_id: str) -> S3Call:
+        headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())
+        auth = sigv4.verify_request(request.method.decode("latin-1"), request.uri, headers,
+                                    self._lookup_secret, self.state.clock.seconds())
+        key = self.state.keys.by_id(auth.access_key_id)
+        _, _, query = request.uri.partition(b"?")
+        bucket, object_key = split_path(request.path)
+        return S3Call(request, request_id, headers, auth, key, self.state, self.uploads,
+                      parse_query(query), bucket, object_key)
+
+    def send_error(self, request, error: OwnCDNError) -> None:
+        request_id = request.responseHeaders.getRawHeaders(b"x-amz-request-id", [b""])[0]
+        send_s3_error(request, s3_error(error), request_id.decode())
