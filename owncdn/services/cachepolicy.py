@@ -204,6 +204,25 @@ class SingleFlight:
                 d.errback(result)
 
 
+class PassThrough:
+    """
+    A source body a cache streams without keeping it (too big, or no
+    room): the first waiter of its flight gets it, the others open
+    their own.
+    """
+
+    def __init__(self, body):
+        self.body = body
+
+    def claim(self):
+        body, self.body = self.body, None
+        return body
+
+    def release(self) -> None:
+        if self.body is not None:
+            self.claim().close()
+
+
 def revalidate(source, path: str, query: str, held: FileInfo) -> Deferred:
     """
     Ask C{source} whether C{held} is still current: by its own

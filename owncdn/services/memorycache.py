@@ -36,6 +36,7 @@ from owncdn.services.cachepolicy import (
     CacheRules,
     CacheStats,
     NegativeCache,
+    PassThrough,
     SingleFlight,
     display_path,
     revalidate,
@@ -180,24 +181,6 @@ class Fill:
         pass
 
 
-class _PassThrough:
-    """
-    A source body too big to keep: the first waiter streams it, the
-    others of the same flight open their own.
-    """
-
-    def __init__(self, body):
-        self.body = body
-
-    def claim(self):
-        body, self.body = self.body, None
-        return body
-
-    def release(self) -> None:
-        if self.body is not None:
-            self.claim().close()
-
-
 @implementer(IReadableFiles, ICache)
 class MemoryCache(Service):
     """
@@ -219,7 +202,7 @@ class MemoryCache(Service):
         self._filling: dict[CacheKey, Fill] = {}
         self._negative = NegativeCache()
         self._flights = SingleFlight(
-            lambda result: result.release() if isinstance(result, _PassThrough) else None)
+            lambda result: result.release() if isinstance(result, PassThrough) else None)
         self._held = 0
         self._reserved = 0
         # Bumped by flush: a fill that started before must not store.
@@ -357,14 +340,14 @@ class MemoryCache(Service):
         if info.size > self.max_item_size or not self._reserve(cost):
             self.counters.passed_through += 1
             self._drop(key)
-            return _PassThrough(body)
+            return PassThrough(body)
         fill = Fill(info, cost, self._generation)
         self._filling[key] = fill
         Deferred.fromCoroutine(self._copy(key, fill, body))
         return fill
 
     def _claim(self, result, key: CacheKey):
-        if not isinstance(result, _PassThrough):
+        if not isinstance(result, PassThrough):
             return result
         body = result.claim()
         if body is not None:
