@@ -13,6 +13,7 @@ from io import BytesIO
 from pathlib import Path
 
 from twisted.internet.threads import deferToThread
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from owncdn.errors import NoSuchFile, NoSuchVersion
@@ -87,6 +88,26 @@ async def put_object(call: S3Call) -> None:
     call.send_empty(200, headers)
 
 
+class ResponseHeaders(Headers):
+    """
+    Response headers that go out with C{x-amz-meta-*} names in lower
+    case, as S3 sends them: SDKs take the metadata names from the wire
+    as they are (boto3 would show C{Colour} for C{x-amz-meta-colour}),
+    and Twisted otherwise sends every name capitalised.
+    """
+
+    def getAllRawHeaders(self):
+        for name, values in super().getAllRawHeaders():
+            yield (name.lower() if name.startswith(b"X-Amz-Meta-") else name), values
+
+
+def use_metadata_headers(request) -> None:
+    headers = ResponseHeaders()
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        headers.setRawHeaders(name, values)
+    request.responseHeaders = headers
+
+
 @implementer(IFileBody)
 class ObjectBody:
     """
@@ -156,6 +177,8 @@ async def get_object(call: S3Call) -> None:
     for name, value in info.metadata.items():
         if name in STORED_HEADERS or name.startswith(USER_METADATA):
             headers[name.encode("latin-1")] = value.encode("latin-1")
+    if any(name.startswith(USER_METADATA) for name in info.metadata):
+        use_metadata_headers(call.request)
     for parameter, header in OVERRIDES.items():
         if parameter in call.query:
             headers[header] = call.query[parameter].encode("utf-8")
