@@ -8,12 +8,15 @@ import io
 import os
 from pathlib import Path
 
+from twisted.internet import reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import (
     MIN_PART_SIZE, UPLOAD_EXPIRY, MultipartStore, Part, PartsReader, multipart_etag,
 )
+from owncdn.errors import BadDigest
+from owncdn.web import s3multipart
 from tests.test_s3_front import S3Front
 from tests.util import asynctest
 
@@ -237,3 +240,47 @@ class MultipartTests(TestCase):
         self.assertEqual(reply.texts("Upload/Key"), ["a/1", "a/2"])
         reply = await self.s3.request("GET", "/other?uploads")
         self.assertEqual(reply.texts("Upload"), [])
+
+    def slow_puts(self, failure: Exception | None = None) -> None:
+        """
+        Make the bucket's puts take a moment (and fail with C{failure}),
+        and the keep-alive start well within it.
+        """
+        self.patch(s3multipart, "KEEPALIVE_AFTER", 0.05)
+        self.patch(s3multipart, "KEEPALIVE_EVERY", 0.05)
+        put = self.s3.files.put
+
+        def stored(args, kwargs):
+            if failure is not None:
+                raise failure
+            return put(*args, **kwargs)
+
+        def slow_put(*args, **kwargs):
+            return task.deferLater(reactor, 0.3, stored, args, kwargs)
+
+        self.patch(self.s3.files, "put", slow_put)
+
+    @asynctest
+    async def test_long_completion_keeps_alive(self):
+        """A completion that takes long answers 200 at once, then spaces, then the result."""
+        self.slow_puts()
+        upload_id = await self.start()
+        etag = await self.part(upload_id, 1, b"only part")
+        reply = await self.complete(upload_id, [(1, etag)])
+        self.assertEqual(reply.code, 200)
+        declaration = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+        self.assertTrue(reply.body.startswith(declaration + b"  "), reply.body[:60])
+        self.assertEqual(reply.body.count(declaration), 1)
+        self.assertEqual(reply.texts("Key"), ["big"])
+        self.assertEqual((await self.s3.request("GET", "/files/big")).body, b"only part")
+
+    @asynctest
+    async def test_long_completion_failing(self):
+        """A long completion that fails sends the error document in its 200, as S3 does."""
+        self.slow_puts(BadDigest("the parts changed"))
+        upload_id = await self.start()
+        etag = await self.part(upload_id, 1, b"only part")
+        reply = await self.complete(upload_id, [(1, etag)])
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.xml.tag, "Error")
+        self.assertEqual(reply.xml.findtext("Code"), "BadDigest")

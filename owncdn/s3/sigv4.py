@@ -216,7 +216,11 @@ def request_time(headers: Mapping[str, str]) -> tuple[str, float]:
         if "x-amz-date" in headers:
             if not _AMZ_DATE.fullmatch(headers["x-amz-date"]):
                 raise ValueError(headers["x-amz-date"])
-            moment = datetime.strptime(headers["x-amz-date"], _TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+            value = headers["x-amz-date"]
+            # By hand: strptime costs more than the rest of a GET's checks.
+            moment = datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]),
+                              int(value[11:13]), int(value[13:15]), tzinfo=timezone.utc)
+            return value, moment.timestamp()
         else:
             moment = parsedate_to_datetime(headers["date"])
             # "-0000" (UTC, no zone information) parses as a naive datetime.

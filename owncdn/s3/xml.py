@@ -30,7 +30,7 @@ CONTENT_TYPE = b"application/xml"
 MAX_REQUEST_XML = 8 * 1024 * 1024
 MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
-_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
+DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
 def timestamp(seconds: float) -> str:
@@ -63,7 +63,7 @@ def document(root: str, *children: str | Iterable[str]) -> bytes:
     A whole response document whose root element is in the S3 namespace.
     Children may be strings or iterables of strings.
     """
-    parts = [_DECLARATION, f'<{root} xmlns="{NAMESPACE}">']
+    parts = [DECLARATION, f'<{root} xmlns="{NAMESPACE}">']
     for child in children:
         if isinstance(child, str):
             parts.append(child)

@@ -10,16 +10,22 @@ like any other put, and replicas copy it as such.  File work runs in the
 reactor's thread pool, never on the reactor thread.
 """
 
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
+from owncdn.errors import OwnCDNError
 from owncdn.s3 import listing, xml
 from owncdn.s3.errors import S3Error
 from owncdn.s3.listing import Rollup
 from owncdn.s3.multipart import MIN_PART_SIZE, Part, Upload, multipart_etag
 from owncdn.web.s3objects import object_metadata, version_headers
-from owncdn.web.s3request import S3_ETAG, S3Call
+from owncdn.web.s3request import S3_ETAG, S3Call, s3_error
 
 MAX_PARTS = 1000
+# A CompleteMultipartUpload still storing after this many seconds
+# answers 200 and keeps the connection alive with a space this often.
+KEEPALIVE_AFTER = 10.0
+KEEPALIVE_EVERY = 10.0
 
 
 def _upload_id(call: S3Call) -> str:
@@ -79,6 +85,47 @@ def _chosen_parts(asked: list[tuple[int, str]], stored: list[Part]) -> list[Part
     return chosen
 
 
+class KeepAlive:
+    """
+    What S3 does while a long CompleteMultipartUpload stores the object:
+    after C{KEEPALIVE_AFTER} seconds it sends C{200 OK} and the XML
+    declaration, then a space every C{KEEPALIVE_EVERY} seconds, so that
+    clients' read timeouts (boto3: 60 s) do not fire on a 5 GB object;
+    the result or the error document follows.  SDKs look for an
+    C{<Error>} in the body of a 200 for exactly this action.
+    """
+
+    def __init__(self, call: S3Call):
+        self._call = call
+        self.started = False
+        self._timer = call.state.clock.callLater(KEEPALIVE_AFTER, self._start)
+        self._loop: LoopingCall | None = None
+
+    def _start(self) -> None:
+        self.started = True
+        request = self._call.request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", xml.CONTENT_TYPE)
+        request.write(xml.DECLARATION.encode())
+        self._loop = LoopingCall(request.write, b" ")
+        self._loop.clock = self._call.state.clock
+        self._loop.start(KEEPALIVE_EVERY, now=False)
+
+    def stop(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def finish(self, document: bytes) -> None:
+        """
+        Send the rest of the answer after the declaration already sent.
+        """
+        request = self._call.request
+        request.write(document.removeprefix(xml.DECLARATION.encode()))
+        request.finish()
+
+
 async def complete_multipart_upload(call: S3Call) -> None:
     service, upload = await _upload(call, "write")
     asked = xml.parse_complete(await call.read_document())
@@ -86,17 +133,27 @@ async def complete_multipart_upload(call: S3Call) -> None:
     chosen = _chosen_parts(asked, stored)
     etag = multipart_etag(chosen)
     reader = call.uploads.open_parts(upload, chosen)
+    keepalive = KeepAlive(call)
     try:
         info = await service.put(upload.key, reader, content_type=upload.content_type,
                                  metadata={**upload.metadata, S3_ETAG: etag})
+    except (S3Error, OwnCDNError) as failure:
+        if not keepalive.started:
+            raise
+        error = failure if isinstance(failure, S3Error) else s3_error(failure)
+        keepalive.finish(error.to_xml(call.request_id, call.resource))
+        return
     finally:
+        keepalive.stop()
         reader.close()
     await deferToThread(call.uploads.remove, upload.upload_id)
-    location = f"/{call.bucket}/{upload.key}"
-    call.send_xml(xml.document(
-        "CompleteMultipartUploadResult", xml.text("Location", location), xml.text("Bucket", call.bucket),
-        xml.text("Key", upload.key), xml.text("ETag", f'"{etag}"'),
-    ), headers=version_headers(call, service, info))
+    document = xml.document(
+        "CompleteMultipartUploadResult", xml.text("Location", f"/{call.bucket}/{upload.key}"),
+        xml.text("Bucket", call.bucket), xml.text("Key", upload.key), xml.text("ETag", f'"{etag}"'))
+    if keepalive.started:
+        keepalive.finish(document)
+    else:
+        call.send_xml(document, headers=version_headers(call, service, info))
 
 
 async def abort_multipart_upload(call: S3Call) -> None:

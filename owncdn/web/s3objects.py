@@ -40,6 +40,8 @@ OVERRIDES = {
     "response-content-language": b"content-language",
     "response-expires": b"expires",
 }
+# The request headers that can turn a GetObject into an error document.
+_CONDITIONAL = (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range")
 # Sources of a copy up to this size are read into memory; larger ones
 # are spooled into a file first.
 COPY_IN_MEMORY = 1024 * 1024
@@ -171,8 +173,10 @@ async def get_object(call: S3Call) -> None:
     version = call.version_id(service, call.query.get("versionId"))
     body = await open_object(call, service, key, version)
     info = body.info
-    shown = replace(info, etag=object_etag(info),
-                    content_type=call.query.get("response-content-type") or info.content_type)
+    shown = info
+    content_type = call.query.get("response-content-type")
+    if S3_ETAG in info.metadata or content_type:
+        shown = replace(info, etag=object_etag(info), content_type=content_type or info.content_type)
     headers = version_headers(call, service, info)
     for name, value in info.metadata.items():
         if name in STORED_HEADERS or name.startswith(USER_METADATA):
@@ -197,12 +201,15 @@ def _check_conditions(call: S3Call, shown: FileInfo) -> None:
     range past the end.  (C{send_file} answers the 304s.)
     """
     request = call.request
-    if precondition_status(request, shown) == 412:
+    if not any(request.requestHeaders.hasHeader(name) for name in _CONDITIONAL):
+        return
+    status = precondition_status(request, shown)
+    if status == 412:
         condition = "If-Match" if request.getHeader(b"if-match") is not None else "If-Unmodified-Since"
         error = S3Error("PreconditionFailed", Condition=condition)
         error.headers = {b"etag": f'"{shown.etag}"'.encode(), b"last-modified": http_date(shown.modified)}
         raise error
-    if precondition_status(request, shown) == 304:
+    if status == 304:
         return
     try:
         parse_range(request.getHeader(b"range"), shown.size)
