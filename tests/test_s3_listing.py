@@ -34,6 +34,11 @@ class RollupTests(SynchronousTestCase):
         rollup = fill(Rollup("", "/", 1), ["a/1", "a/2", "a/3"])
         self.assertFalse(rollup.truncated)
 
+    def test_folded_keys(self):
+        """Keys a case-insensitive service lists under a folded prefix still roll up."""
+        rollup = fill(Rollup("Photos/", "/", 10), ["photos/2024/a.jpg", "photos/2024/b.jpg", "photos/c.jpg"])
+        self.assertEqual((rollup.prefixes, [k for k, _ in rollup.contents]), (["photos/2024/"], ["photos/c.jpg"]))
+
     def test_multi_character_delimiter(self):
         """A delimiter may be longer than one character."""
         rollup = fill(Rollup("", "--", 10), ["a--b", "a--c", "a-b"])
@@ -52,6 +57,7 @@ class RollupTests(SynchronousTestCase):
         self.assertTrue(skip > "a/\U0010ffff" * 3)
         self.assertEqual(rollup.start_after("a/b"), "a/b")
         self.assertEqual(Rollup("", None, 10).start_after("a/"), "a/")
+        self.assertEqual(Rollup("b/", "/", 10).start_after("a/"), "a/")
         self.assertIsNone(rollup.start_after(None))
 
     def test_resume(self):

@@ -112,8 +112,12 @@ class Rollup:
     def common_prefix(self, key: str) -> str | None:
         """
         The common prefix C{key} rolls up into, or C{None}.
+
+        Keys come from a listing under the prefix, so only the part
+        after it is looked at: a case-insensitive service lists the
+        prefix folded, not as the client wrote it.
         """
-        if self.delimiter is None or not key.startswith(self.prefix):
+        if self.delimiter is None:
             return None
         found = key.find(self.delimiter, len(self.prefix))
         if found == -1:
@@ -129,7 +133,7 @@ class Rollup:
         """
         if marker is None:
             return None
-        if self.common_prefix(marker) == marker:
+        if marker.startswith(self.prefix) and self.common_prefix(marker) == marker:
             return past(marker)
         return marker
 
