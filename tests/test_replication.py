@@ -8,6 +8,7 @@ asked about (bounded by C{wait} and a total deadline).
 """
 
 import hashlib
+import io
 import random
 from pathlib import Path
 
@@ -271,3 +272,57 @@ class ReplicationTests(TestCase):
 async def _tick():
     from twisted.internet import task
     await task.deferLater(reactor, 0.1)
+
+
+class S3ReplicationTests(TestCase):
+    timeout = 120
+
+    @asynctest
+    async def test_s3_metadata_and_version_purges_replicate(self):
+        """S3 user metadata, a multipart ETag and a version purge reach the replica as on the primary."""
+        import boto3
+        from botocore.config import Config
+        from boto3.s3.transfer import TransferConfig
+        from twisted.internet.threads import deferToThread
+
+        data_dir = Path(self.mktemp())
+        primary_config(data_dir)
+        process = await start_daemon(self, data_dir)
+        primary = Node(process, "media")
+        replica_dir = Path(self.mktemp())
+        replica_config(replica_dir, primary.url + "/", "media", "copy")
+        replica = Node(await start_daemon(self, replica_dir), "copy")
+
+        def client(url):
+            made = boto3.session.Session().client(
+                "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="WRITER",
+                aws_secret_access_key=KEY, config=Config(retries={"max_attempts": 1}))
+            self.addCleanup(made.close)
+            return made
+
+        upstream, downstream = client(primary.url), client(replica.url)
+        put = await deferToThread(upstream.put_object, Bucket="media", Key="a.txt", Body=b"one",
+                                  Metadata={"colour": "blue"}, CacheControl="max-age=60")
+        await deferToThread(upstream.put_object, Bucket="media", Key="a.txt", Body=b"two")
+        await deferToThread(upstream.put_object, Bucket="media", Key="b.txt", Body=b"meta",
+                            Metadata={"colour": "green"}, CacheControl="no-cache",
+                            ContentType="text/x-note")
+        big = random.Random(3).randbytes(6 * 1024 * 1024)
+        await deferToThread(upstream.upload_fileobj, io.BytesIO(big), "media", "big.bin",
+                            Config=TransferConfig(multipart_threshold=5 * 1024 * 1024,
+                                                  multipart_chunksize=5 * 1024 * 1024))
+        await deferToThread(upstream.delete_object, Bucket="media", Key="a.txt",
+                            VersionId=put["VersionId"])
+        await replica.wait_for(await primary.last())
+        for bucket, s3 in (("media", upstream), ("copy", downstream)):
+            head = await deferToThread(s3.head_object, Bucket=bucket, Key="big.bin")
+            self.assertTrue(head["ETag"].endswith('-2"'), head["ETag"])
+            versions = await deferToThread(s3.list_object_versions, Bucket=bucket, Prefix="a.txt")
+            self.assertEqual(len(versions["Versions"]), 1)
+        noted = await deferToThread(downstream.head_object, Bucket="copy", Key="b.txt")
+        self.assertEqual((noted["Metadata"], noted["CacheControl"], noted["ContentType"]),
+                         ({"colour": "green"}, "no-cache", "text/x-note"))
+        first = await deferToThread(upstream.head_object, Bucket="media", Key="big.bin")
+        copied = await deferToThread(downstream.head_object, Bucket="copy", Key="big.bin")
+        self.assertEqual(copied["ETag"], first["ETag"])
+        self.assertEqual(await replica.snapshot(), await primary.snapshot())

@@ -55,13 +55,17 @@ def parse_time(text: str) -> float:
 
 def change_from_json(item: dict) -> Change:
     try:
+        metadata = item.get("metadata") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError("metadata must map strings to strings")
         return Change(
             id=int(item["id"]), time=parse_time(item["time"]), op=item["op"],
             path=item["path"], version=item["version"], size=int(item.get("size") or 0),
             etag=item.get("etag") or "", sha256=item.get("sha256"),
             content_type=item.get("contentType") or "application/octet-stream",
+            metadata=metadata,
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SyncError(f"syncnext sent a malformed change: {e}") from None
 
 

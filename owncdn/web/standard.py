@@ -216,7 +216,7 @@ async def syncnext(call: Call):
         "changes": [{
             "id": c.id, "time": rfc3339(c.time), "op": c.op, "path": c.path,
             "version": c.version, "size": c.size, "etag": c.etag, "sha256": c.sha256,
-            "contentType": c.content_type,
+            "contentType": c.content_type, "metadata": c.metadata,
         } for c in changes],
     })
 
