@@ -195,12 +195,13 @@ class BodyCapTests(SiteTestMixin, SynchronousTestCase):
         self.assertNotIn(b"100 Continue", transport.value())
 
     def test_s3_request_gets_xml(self):
-        """An S3-mode request over the cap gets the S3 EntityTooLarge error."""
+        """An S3-mode request over the cap gets the S3 EntityTooLarge error with a request ID."""
         channel, transport = self.connect()
         channel.dataReceived(head(b"PUT", b"/bucket/key", headers=[
             b"Content-Length: 5000", b"x-amz-content-sha256: UNSIGNED-PAYLOAD"]))
         self.assert_too_large(transport)
         self.assertIn(b"<Code>EntityTooLarge</Code>", body_of(transport))
+        self.assertRegex(transport.value(), rb"\r\nx-amz-request-id: [0-9A-F]{16}\r\n")
 
     def test_absurd_content_length(self):
         """A Content-Length of 99999999999999999999999 gets 413, not a 500 or a crash."""

@@ -10,6 +10,7 @@ connection bookkeeping so that SIGTERM lets requests in progress finish.
 """
 
 import json
+import secrets
 import tempfile
 import time
 from io import BytesIO
@@ -30,13 +31,18 @@ log = Logger()
 
 
 def _too_large_response(is_s3: bool, limit: int) -> bytes:
+    extra = b""
     if is_s3:
+        request_id = secrets.token_hex(8).upper().encode()
         body = (
             b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>EntityTooLarge</Code>'
             b"<Message>Your proposed upload exceeds the maximum allowed size</Message>"
-            + f"<MaxSizeAllowed>{limit}</MaxSizeAllowed></Error>".encode()
+            + f"<MaxSizeAllowed>{limit}</MaxSizeAllowed>".encode()
+            + b"<RequestId>" + request_id + b"</RequestId></Error>"
         )
         content_type = b"application/xml"
+        # Every S3 response carries a request ID, this one included.
+        extra = b"x-amz-request-id: " + request_id + b"\r\n"
     else:
         body = json.dumps({"error": {
             "code": "TooLarge",
@@ -46,7 +52,7 @@ def _too_large_response(is_s3: bool, limit: int) -> bytes:
     return (
         b"HTTP/1.1 413 Request Entity Too Large\r\n"
         b"Content-Type: " + content_type + b"\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra +
         b"Connection: close\r\n\r\n" + body
     )
 
