@@ -23,6 +23,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,63}\Z")
 ACCESS_LEVELS = ("none", "read", "write")
 DEFAULT_MAX_UPLOAD = 5 * 1024**3
 DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_S3_UPLOAD_EXPIRY = 7 * 86400.0
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -264,6 +265,7 @@ class Config:
     sources: list[ReplicationSource]
     max_upload_size: int = DEFAULT_MAX_UPLOAD
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    s3_upload_expiry: float = DEFAULT_S3_UPLOAD_EXPIRY
     raw: dict = field(default_factory=dict, repr=False)
 
     def service(self, sid: str) -> ServiceConfig | None:
@@ -380,7 +382,7 @@ def parse(raw) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a JSON object")
     known = {"instanceName", "services", "keys", "replicationSources",
-             "maxUploadSize", "headerTimeout"}
+             "maxUploadSize", "headerTimeout", "s3UploadExpiry"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level field")
@@ -454,6 +456,8 @@ def parse(raw) -> Config:
         sources=sources,
         max_upload_size=parse_size(raw.get("maxUploadSize", DEFAULT_MAX_UPLOAD), "maxUploadSize"),
         header_timeout=parse_duration(raw.get("headerTimeout", DEFAULT_HEADER_TIMEOUT), "headerTimeout"),
+        s3_upload_expiry=parse_duration(raw.get("s3UploadExpiry", DEFAULT_S3_UPLOAD_EXPIRY),
+                                        "s3UploadExpiry"),
         raw=raw,
     )
 

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import (
-    MIN_PART_SIZE, UPLOAD_EXPIRY, MultipartStore, Part, PartsReader, multipart_etag,
+    MIN_PART_SIZE, SWEEP_INTERVAL, UPLOAD_EXPIRY, MultipartStore, Part, PartsReader,
+    multipart_etag,
 )
 from owncdn.errors import BadDigest
 from owncdn.web import s3multipart
@@ -89,6 +90,12 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual([u.key for u in self.store.uploads("files")], ["a"])
         self.store.create("files", "b", "WRITER", None, {}, 2000.0 + UPLOAD_EXPIRY + 1)
         self.assertEqual([u.key for u in self.store.uploads("files")], ["b"])
+
+    def test_configured_expiry(self):
+        """A store made with a shorter s3UploadExpiry removes uploads after that long."""
+        store = MultipartStore(self.store.root, expiry=100.0)
+        store.create("files", "fresh", "WRITER", None, {}, 1000.0 + SWEEP_INTERVAL + 50)
+        self.assertEqual([u.key for u in store.uploads("files")], ["fresh"])
 
     def test_reader_crosses_parts(self):
         """The parts reader reads across part boundaries and closes each file it opened."""

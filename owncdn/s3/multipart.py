@@ -80,8 +80,9 @@ class MultipartStore:
     The uploads in progress under C{root}, for every bucket.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, expiry: float = UPLOAD_EXPIRY):
         self.root = Path(root)
+        self.expiry = expiry
         # Taken around the rename that installs a part and the removal
         # of the part it replaces, so two uploads of one part number
         # cannot remove each other.
@@ -100,7 +101,7 @@ class MultipartStore:
         """
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._last_sweep = now
-            self.expire(now - UPLOAD_EXPIRY)
+            self.expire(now - self.expiry)
         upload = Upload(secrets.token_hex(16), bucket, key, now, initiator, content_type,
                         dict(metadata))
         folder = self._folder(upload.upload_id)

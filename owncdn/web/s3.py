@@ -105,7 +105,8 @@ class S3API(AsyncResource):
     def __init__(self, state):
         super().__init__()
         self.state = state
-        self.uploads = MultipartStore(Path(state.data_dir) / UPLOADS_FOLDER)
+        self.uploads = MultipartStore(Path(state.data_dir) / UPLOADS_FOLDER,
+                                      state.config.s3_upload_expiry)
 
     def _lookup_secret(self, key_id: str) -> str | None:
         key = self.state.keys.by_id(key_id)
