@@ -9,6 +9,7 @@ Standard mode, S3 mode and public bindings all answer with this.
 import calendar
 import re
 from email.utils import formatdate, parsedate
+from functools import lru_cache
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPullProducer
@@ -21,6 +22,13 @@ _DIGITS = re.compile(rb"[0-9]*")
 
 
 def http_date(seconds: float) -> bytes:
+    return _http_date(int(seconds))
+
+
+# Formatting a date costs more than the rest of a small file's headers;
+# the same Last-Modified values come back again and again.
+@lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> bytes:
     return formatdate(seconds, usegmt=True).encode("ascii")
 
 
@@ -60,22 +68,22 @@ def precondition_status(request, info: FileInfo) -> int | None:
     C{If-Unmodified-Since}, 304 for C{If-None-Match} /
     C{If-Modified-Since} on an unchanged file; else C{None}.
     """
-    headers = request.requestHeaders
+    get = request.requestHeaders.getRawHeaders
     modified = int(info.modified)
-    if_match = headers.getRawHeaders(b"if-match", [None])[0]
+    if_match = get(b"if-match")
     if if_match is not None:
-        if not _etag_matches(if_match, info):
+        if not _etag_matches(if_match[0], info):
             return 412
-    else:
-        since = parse_http_date(headers.getRawHeaders(b"if-unmodified-since", [None])[0])
+    elif (since := get(b"if-unmodified-since")) is not None:
+        since = parse_http_date(since[0])
         if since is not None and modified > since:
             return 412
-    if_none_match = headers.getRawHeaders(b"if-none-match", [None])[0]
+    if_none_match = get(b"if-none-match")
     if if_none_match is not None:
-        if _etag_matches(if_none_match, info):
+        if _etag_matches(if_none_match[0], info):
             return 304
-    elif request.method in (b"GET", b"HEAD"):
-        since = parse_http_date(headers.getRawHeaders(b"if-modified-since", [None])[0])
+    elif request.method in (b"GET", b"HEAD") and (since := get(b"if-modified-since")):
+        since = parse_http_date(since[0])
         if since is not None and modified <= since:
             return 304
     return None

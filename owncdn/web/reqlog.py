@@ -28,12 +28,13 @@ class RequestLog:
         self._entries: deque = deque(maxlen=MAX_ENTRIES)
 
     def record(self, request) -> None:
-        address = request.getClientAddress()
+        # Called for every request: keep what it costs nothing to keep,
+        # and leave decoding to the rare reqlist that reads it.
         self._entries.append((
             time.time(),
-            getattr(address, "host", ""),
-            request.method.decode("latin-1"),
-            request.uri.decode("latin-1"),
+            request.getClientAddress(),
+            request.method,
+            request.uri,
             request.code,
             request.sentLength,
             (time.monotonic() - request.started) * 1000 if request.started else 0.0,
@@ -45,7 +46,8 @@ class RequestLog:
         """
         entries = list(self._entries)[-limit:] if limit else []
         return [
-            {"time": rfc3339(t), "remote": remote, "method": method, "url": url,
+            {"time": rfc3339(t), "remote": getattr(address, "host", ""),
+             "method": method.decode("latin-1"), "url": url.decode("latin-1"),
              "status": status, "bytes": size, "ms": round(ms, 3)}
-            for t, remote, method, url, status, size, ms in reversed(entries)
+            for t, address, method, url, status, size, ms in reversed(entries)
         ]
