@@ -8,219 +8,32 @@ atomically with mode 0600 because it holds key values.
 """
 
 import json
-import math
 import os
 import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from owncdn.configschema import (  # noqa: F401 (ConfigError and the parsers are this module's API too)
+    FILE_SERVICE_TYPES,
+    ID_PATTERN,
+    REQUIRED,
+    SERVICE_FIELDS,
+    ConfigError,
+    string_value,
+    url_value,
+    parse_duration,
+    parse_size,
+)
 
 CONFIG_NAME = "owncdn.json"
-# \Z, not $: $ also matches before a trailing newline.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,63}\Z")
 ACCESS_LEVELS = ("none", "read", "write")
 DEFAULT_MAX_UPLOAD = 5 * 1024**3
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_S3_UPLOAD_EXPIRY = 7 * 86400.0
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _KEY_VALUE = re.compile(r"[\x21-\x7e]+")
-
-
-class ConfigError(ValueError):
-    """
-    The configuration is invalid; the message names the field.
-    """
-
-
-def parse_duration(value, where: str) -> float:
-    """
-    Seconds from a number or a string such as C{"30s"}, C{"5m"}, C{"1h"},
-    C{"7d"}.
-    """
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not a duration")
-    # json.loads accepts Infinity and NaN; neither is a duration.
-    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ConfigError(
-        f"{where}: {value!r} is not a duration "
-        "(use whole seconds or a number with s, m, h or d, such as \"5m\")"
-    )
-
-
-def parse_size(value, where: str) -> int:
-    """
-    Bytes from a number or a string such as C{"10MB"} (powers of 1024).
-    """
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not a size")
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match:
-            unit = (match.group(2) or "").upper()
-            return int(float(match.group(1)) * _SIZE_UNITS[unit])
-    raise ConfigError(
-        f"{where}: {value!r} is not a size "
-        "(use bytes or a number with KB, MB, GB or TB, such as \"10MB\")"
-    )
-
-
-def _bool(value, where):
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not true or false")
-    return value
-
-
-def _string(value, where):
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: {value!r} is not a string")
-    return value
-
-
-def _port(value, where):
-    if value == "*":
-        return None
-    # isdigit() alone lets through digits int() cannot read, such as "²".
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
-        return value
-    raise ConfigError(f"{where}: {value!r} is not a port number or \"*\"")
-
-
-def _host(value, where):
-    value = _string(value, where)
-    return None if value in ("*", "") else value.lower()
-
-
-def _source_path(value, where):
-    value = _string(value, where).strip("/")
-    if any(seg in ("", ".", "..") for seg in value.split("/")) and value:
-        raise ConfigError(f"{where}: {value!r} must be whole path segments")
-    return value
-
-
-def _path_prefix(value, where):
-    value = _string(value, where)
-    if not value.startswith("/"):
-        raise ConfigError(f"{where}: {value!r} must start with /")
-    if any(seg in (".", "..") for seg in value.split("/")):
-        raise ConfigError(f"{where}: {value!r} must not contain . or .. segments")
-    return value
-
-
-def _keep_versions(value, where):
-    if isinstance(value, bool):
-        return value
-    return parse_duration(value, where)
-
-
-def _url(value, where):
-    value = _string(value, where)
-    try:
-        parts = urlsplit(value)
-        parts.port  # raises ValueError for a port out of range
-    except ValueError as e:
-        raise ConfigError(f"{where}: {value!r} is not a valid URL ({e})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: {value!r} is not an http:// or https:// URL")
-    return value
-
-
-def _quality(value, where):
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
-        return value
-    raise ConfigError(f"{where}: {value!r} is not a quality from 1 to 100")
-
-
-def _positive_int(value, where):
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    raise ConfigError(f"{where}: {value!r} is not a positive whole number")
-
-
-def _seconds(value, where):
-    return int(parse_duration(value, where))
-
-
-def _replica(value, where):
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be an object with source and sid")
-    unknown = set(value) - {"source", "sid"}
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
-    for name in ("source", "sid"):
-        if name not in value:
-            raise ConfigError(f"{where}.{name}: missing")
-        if not ID_PATTERN.match(str(_string(value[name], f"{where}.{name}"))):
-            raise ConfigError(f"{where}.{name}: {value[name]!r} is not a valid ID")
-    return dict(value)
-
-
-# For each service type: field -> (parser, default).  A default of
-# REQUIRED makes the field mandatory.
-REQUIRED = object()
-_CACHE_COMMON = {
-    "source": (_string, REQUIRED),
-    "sourcePath": (_source_path, ""),
-    "caseSensitive": (_bool, True),
-    "refresh": (parse_duration, 0.0),
-    "expireUnused": (parse_duration, 0.0),
-    "expireNotFound": (parse_duration, 0.0),
-    "expireErrors": (parse_duration, 0.0),
-}
-SERVICE_FIELDS = {
-    "api": {"host": (_host, None), "port": (_port, None), "cors": (_bool, False)},
-    "storage": {
-        "caseSensitive": (_bool, True),
-        "keepVersions": (_keep_versions, True),
-        "replica": (_replica, None),
-    },
-    "diskcache": dict(_CACHE_COMMON, maxSize=(parse_size, 0)),
-    "memorycache": dict(
-        _CACHE_COMMON,
-        maxItemSize=(parse_size, 10 * 1024**2),
-        maxMemory=(parse_size, 256 * 1024**2),
-    ),
-    "filesystem": {"directory": (_string, REQUIRED)},
-    "httpfetcher": {
-        "sourceUrl": (_url, REQUIRED),
-        "cacheNotFound": (parse_duration, 0.0),
-        "cacheErrors": (parse_duration, 0.0),
-        "timeout": (parse_duration, 30.0),
-    },
-    "imageoptimizer": {
-        "source": (_string, REQUIRED),
-        "sourcePath": (_source_path, ""),
-        "maxWidth": (_positive_int, 4096),
-        "quality": (_quality, 80),
-    },
-    "public": {
-        "host": (_host, None),
-        "port": (_port, None),
-        "pathPrefix": (_path_prefix, "/"),
-        "cors": (_bool, False),
-        "removeQuery": (_bool, False),
-        "appendWebp": (_bool, False),
-        "clientCacheSeconds": (_seconds, 0),
-        "source": (_string, REQUIRED),
-        "sourcePath": (_source_path, ""),
-    },
-}
-# Service types that serve files and so may be named as a source.
-FILE_SERVICE_TYPES = frozenset(SERVICE_FIELDS) - {"api", "public"}
 
 
 @dataclass
@@ -315,7 +128,7 @@ def _parse_service(index: int, raw: dict, seen: set) -> ServiceConfig:
         if name in ("id", "type"):
             continue
         if name == "name":
-            _string(value, f"{where}.name")
+            string_value(value, f"{where}.name")
             continue
         if name not in fields:
             raise ConfigError(f"{where}.{name}: unknown field for type {kind}")
@@ -386,7 +199,7 @@ def parse(raw) -> Config:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level field")
-    instance = _string(raw.get("instanceName", "owncdn"), "instanceName")
+    instance = string_value(raw.get("instanceName", "owncdn"), "instanceName")
 
     seen: set = set()
     services = [_parse_service(i, s, seen) for i, s in
@@ -410,9 +223,9 @@ def parse(raw) -> Config:
             raise ConfigError(f"{where}.url: missing")
         sources.append(ReplicationSource(
             sid,
-            _string(item.get("name", sid), f"{where}.name"),
-            _url(item["url"], f"{where}.url"),
-            _string(item["key"], f"{where}.key"),
+            string_value(item.get("name", sid), f"{where}.name"),
+            url_value(item["url"], f"{where}.url"),
+            string_value(item["key"], f"{where}.key"),
         ))
     for service in services:
         replica = service.options.get("replica")
@@ -432,7 +245,7 @@ def parse(raw) -> Config:
             raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
         kid = _check_id(item.get("id"), f"{where}.id", seen_keys)
         if "name" in item:
-            _string(item["name"], f"{where} ({kid}).name")
+            string_value(item["name"], f"{where} ({kid}).name")
         value = item.get("value")
         # The value travels in an HTTP header and is the S3 signing
         # secret: anything but visible ASCII could never be sent intact.
