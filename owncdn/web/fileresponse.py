@@ -12,7 +12,7 @@ from email.utils import formatdate, parsedate
 from functools import lru_cache
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from owncdn.interfaces import FileInfo
@@ -142,11 +142,17 @@ def accepts_encoding(request, coding: bytes) -> bool:
     return False
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer)
 class BodyProducer:
     """
-    Streams C{[start, end)} of a body into a request, one block per
-    C{resumeProducing}, so memory stays at one block whatever the size.
+    Streams C{[start, end)} of a body into a request one block at a time,
+    so memory stays at about one block whatever the size.
+
+    A push producer, because a read finishes later (a stored body reads
+    each chunk in a thread): it reads the next block as soon as the last
+    one is written, until the transport, its buffer full, pauses it.  A
+    pull producer would have Twisted call C{resumeProducing} in a busy
+    loop while the read is in its thread.
 
     @ivar done: fires when the last byte was written, or fails when the
         body ended early or the body read failed.
@@ -158,19 +164,28 @@ class BodyProducer:
         self._position = start
         self._end = end
         self._reading = False
+        self._paused = False
         self._stopped = False
         self.done = defer.Deferred(lambda _: self.stopProducing())
 
     def start(self) -> defer.Deferred:
-        self._request.registerProducer(self, False)
+        self._request.registerProducer(self, True)
+        self._read_next()
         return self.done
 
-    def resumeProducing(self):
-        if self._reading or self._stopped:
+    def _read_next(self):
+        if self._reading or self._paused or self._stopped:
             return
         self._reading = True
         length = min(BLOCK, self._end - self._position)
         self._body.read(self._position, length).addCallbacks(self._got, self._failed)
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        self._read_next()
 
     def _got(self, data: bytes):
         self._reading = False
@@ -185,6 +200,8 @@ class BodyProducer:
             self._stopped = True
             self._request.unregisterProducer()
             self.done.callback(None)
+            return
+        self._read_next()
 
     def _failed(self, reason):
         self._reading = False
