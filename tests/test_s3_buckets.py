@@ -54,6 +54,34 @@ class BucketTests(TestCase):
         self.assertEqual(reply.body, f'<?xml version="1.0" encoding="UTF-8"?>\n'
                                      f'<VersioningConfiguration {NS}></VersioningConfiguration>'.encode())
 
+    @asynctest
+    async def test_unset_settings(self):
+        """Reading a bucket setting OwnCDN lacks answers as S3 does for one never set: 404 or empty."""
+        for subresource, code in (("policy", "NoSuchBucketPolicy"), ("cors", "NoSuchCORSConfiguration"),
+                                  ("lifecycle", "NoSuchLifecycleConfiguration"), ("tagging", "NoSuchTagSet"),
+                                  ("encryption", "ServerSideEncryptionConfigurationNotFoundError"),
+                                  ("website", "NoSuchWebsiteConfiguration"),
+                                  ("replication", "ReplicationConfigurationNotFoundError"),
+                                  ("object-lock", "ObjectLockConfigurationNotFoundError"),
+                                  ("publicAccessBlock", "NoSuchPublicAccessBlockConfiguration"),
+                                  ("ownershipControls", "OwnershipControlsNotFoundError")):
+            reply = await self.s3.request("GET", f"/files?{subresource}")
+            self.assertEqual(reply.error, (404, code), subresource)
+            self.assertEqual(reply.xml.findtext("BucketName"), "files")
+        reply = await self.s3.request("GET", "/files?requestPayment")
+        self.assertEqual(reply.body, f'<?xml version="1.0" encoding="UTF-8"?>\n<RequestPaymentConfiguration '
+                                     f'{NS}><Payer>BucketOwner</Payer></RequestPaymentConfiguration>'.encode())
+        for subresource, root in (("notification", "NotificationConfiguration"),
+                                  ("logging", "BucketLoggingStatus"), ("accelerate", "AccelerateConfiguration")):
+            reply = await self.s3.request("GET", f"/files?{subresource}")
+            self.assertEqual(reply.body, f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} {NS}></{root}>'.encode())
+        reply = await self.s3.request("GET", "/nope?policy")
+        self.assertEqual(reply.error, (404, "NoSuchBucket"))
+        reply = await self.s3.request("GET", "/other?cors", key="LIMITED")
+        self.assertEqual(reply.error, (403, "AccessDenied"))
+        reply = await self.s3.request("GET", "/files/doc?policy")
+        self.assertEqual(reply.error, (501, "NotImplemented"))
+
 
 class ListingTests(TestCase):
     def setUp(self):

@@ -353,8 +353,9 @@ class FrontDoorTests(TestCase):
     @asynctest
     async def test_actions_not_offered(self):
         """Sub-resources we do not offer are NotImplemented (501), as S3 answers them."""
-        for method, target in (("GET", "/files?policy"), ("PUT", "/files/doc?acl"),
-                               ("GET", "/files?lifecycle"), ("PUT", "/files/doc?tagging"),
+        for method, target in (("PUT", "/files?policy"), ("PUT", "/files/doc?acl"),
+                               ("PUT", "/files?lifecycle"), ("PUT", "/files/doc?tagging"),
+                               ("DELETE", "/files?cors"), ("GET", "/files?inventory"),
                                ("POST", "/files/doc?restore"), ("GET", "/files/doc?partNumber=2")):
             reply = await self.s3.request(method, target)
             self.assertEqual(reply.error, (501, "NotImplemented"), target)

@@ -53,6 +53,8 @@ BUCKET: dict[tuple[bytes, str | None], Action] = {
     (b"PUT", None): s3buckets.create_bucket,
     (b"DELETE", None): s3buckets.delete_bucket,
     (b"POST", "delete"): s3buckets.delete_objects,
+    **{(b"GET", name): s3buckets.get_unset_setting(name)
+       for name in (*s3buckets.UNSET_AS_ERROR, *s3buckets.UNSET_AS_DOCUMENT)},
 }
 OBJECT: dict[tuple[bytes, str | None], Action] = {
     (b"GET", None): s3objects.get_object,

@@ -1,13 +1,15 @@
 """
 S3 root and bucket actions: ListBuckets, HeadBucket, CreateBucket (only
 to say the bucket exists), GetBucketLocation, GetBucketVersioning,
-GetBucketAcl, ListObjects (v1 and v2), ListObjectVersions and
+GetBucketAcl, the reads of the bucket settings we do not have (policy,
+CORS, lifecycle, ...), ListObjects (v1 and v2), ListObjectVersions and
 DeleteObjects.
 
 Buckets are the configured file services; they are made and removed
 with the C{owncdn} command, not through S3.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from owncdn.errors import OwnCDNError
@@ -22,6 +24,31 @@ from owncdn.web.s3request import NOT_BUCKETS, S3Call, checked_key, object_etag, 
 # We do not know when a service was configured; S3 clients only show it.
 CREATED = xml.timestamp(0)
 REGION = "us-east-1"
+
+# The bucket settings S3 has and OwnCDN does not.  Reading one answers
+# what S3 answers for a bucket where it was never set, which is the
+# truth here, and what clients that look expect (s3cmd info, minio's
+# get_bucket_lifecycle/_tags/_encryption); setting one stays
+# NotImplemented.  Sub-resource -> the S3 error code S3 answers ...
+UNSET_AS_ERROR = {
+    "policy": "NoSuchBucketPolicy",
+    "cors": "NoSuchCORSConfiguration",
+    "lifecycle": "NoSuchLifecycleConfiguration",
+    "encryption": "ServerSideEncryptionConfigurationNotFoundError",
+    "tagging": "NoSuchTagSet",
+    "website": "NoSuchWebsiteConfiguration",
+    "replication": "ReplicationConfigurationNotFoundError",
+    "object-lock": "ObjectLockConfigurationNotFoundError",
+    "publicAccessBlock": "NoSuchPublicAccessBlockConfiguration",
+    "ownershipControls": "OwnershipControlsNotFoundError",
+}
+# ... or the document it answers with (root element, content).
+UNSET_AS_DOCUMENT = {
+    "notification": ("NotificationConfiguration", ""),
+    "logging": ("BucketLoggingStatus", ""),
+    "accelerate": ("AccelerateConfiguration", ""),
+    "requestPayment": ("RequestPaymentConfiguration", xml.text("Payer", "BucketOwner")),
+}
 
 
 async def list_buckets(call: S3Call) -> None:
@@ -79,6 +106,21 @@ async def get_bucket_versioning(call: S3Call) -> None:
 async def get_bucket_acl(call: S3Call) -> None:
     call.service("read")
     call.send_xml(access_policy(call, call.permission()))
+
+
+def get_unset_setting(subresource: str) -> Callable[[S3Call], Awaitable[None]]:
+    """
+    The action that reads a bucket setting we do not have
+    (L{UNSET_AS_ERROR}, L{UNSET_AS_DOCUMENT}).
+    """
+    async def get_setting(call: S3Call) -> None:
+        call.service("read")
+        if subresource in UNSET_AS_ERROR:
+            raise S3Error(UNSET_AS_ERROR[subresource], BucketName=call.bucket)
+        root, content = UNSET_AS_DOCUMENT[subresource]
+        call.send_xml(xml.document(root, content))
+
+    return get_setting
 
 
 def _rollup(call: S3Call, limit_name: str = "max-keys") -> tuple[Rollup, object]:
