@@ -255,6 +255,27 @@ class ExpectContinue(protocol.Protocol):
         self.done.callback(self.received)
 
 
+class HeadOnly(protocol.Protocol):
+    """
+    Sends a request head and no body, and collects what comes back until
+    the server closes the connection.
+    """
+
+    def __init__(self, head: bytes):
+        self.head = head
+        self.received = b""
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.head)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.received)
+
+
 class FrontDoorTests(TestCase):
     def setUp(self):
         self.s3 = S3Front(self)
@@ -377,6 +398,49 @@ class FrontDoorTests(TestCase):
         self.assertEqual(reply.error, (403, "AccessDenied"))
         reply = await self.s3.request("DELETE", "/files")
         self.assertEqual(reply.error, (501, "NotImplemented"))
+
+    async def send_head(self, method: str, target: str, headers: dict[str, str]) -> tuple[bytes, bytes]:
+        """
+        Send only the head of a request; the status line and body of the
+        answer the server gave before closing the connection.
+        """
+        head = f"{method} {target} HTTP/1.1\r\n".encode() + b"".join(
+            f"{name}: {value}\r\n".encode() for name, value in headers.items()) + b"\r\n"
+        client = HeadOnly(head)
+        port = self.s3.web.port.getHost().port
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        received = await client.done.addTimeout(10, reactor)
+        status, _, rest = received.partition(b"\r\n")
+        return status, rest.partition(b"\r\n\r\n")[2]
+
+    @asynctest
+    async def test_bad_signature_refused_before_body(self):
+        """A badly signed 4 GiB upload is refused from its head, and the connection closed, before any body byte."""
+        size = {"content-length": str(4 * 1024**3)}
+        for signed_target, key, code in (("/files/other", "WRITER", "SignatureDoesNotMatch"),
+                                         ("/files/big", "NOBODY", "InvalidAccessKeyId")):
+            headers, *_ = sign("PUT", signed_target, self.s3.host, size, sigv4.UNSIGNED_PAYLOAD, key)
+            status, body = await self.send_head("PUT", "/files/big", headers)
+            self.assertEqual(status, b"HTTP/1.1 403 Forbidden", body)
+            error = ElementTree.fromstring(body)
+            self.assertEqual((error.findtext("Code"), error.findtext("Resource")), (code, "/files/big"))
+        reply = await self.s3.request("GET", "/files?list-type=2")
+        self.assertEqual(reply.texts("Contents/Key"), [])
+
+    @asynctest
+    async def test_good_head_with_large_body(self):
+        """A well-signed upload over 1 MiB, whose head is checked early, is stored as sent."""
+        body = b"0123456789abcdef" * 100_000
+        await self.s3.put("/files/large", body, payload="chunked")
+        await self.s3.put("/files/large", body, headers={"expect": "100-continue"})
+        self.assertEqual((await self.s3.request("GET", "/files/large")).body, body)
+
+    @asynctest
+    async def test_standard_mode_not_checked_early(self):
+        """A standard-mode request with a large body is not refused by S3's early signature check."""
+        reply = await self.s3.raw("PUT", "/putfile", {"x-owncdn-key": "nope", "x-amz-date": "junk"},
+                                  b"x" * (2 * 1024 * 1024))
+        self.assertEqual(reply.header("content-type"), "application/json")
 
     @asynctest
     async def test_expect_continue(self):

@@ -15,9 +15,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from owncdn.web import site as sitemod
-from owncdn.web.site import SPOOL_THRESHOLD, OwnCDNSite
+from owncdn.web.site import SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
 
 LIMIT = 3 * 1024 * 1024
 TIMEOUT = 30
@@ -247,6 +248,81 @@ class BodyCapTests(SiteTestMixin, SynchronousTestCase):
                              + b"2\r\nhello\r\n0\r\n\r\n")
         self.assertEqual(status_of(transport), b"HTTP/1.1 400 Bad Request")
         self.assertEqual(self.resource.requests, [])
+
+
+REFUSAL = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@implementer(IEarlyRefusal)
+class Refusing(Recorder):
+    """
+    A root that refuses from the head every request whose target holds
+    C{refuse}, records what it was asked, and raises for C{bug}.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def refuse_early(self, request, method, target):
+        self.asked.append((method, target, request.getHeader(b"x-test")))
+        if b"bug" in target:
+            raise RuntimeError("a bug")
+        return REFUSAL if b"refuse" in target else None
+
+
+class EarlyRefusalTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site(Refusing())
+
+    def test_large_body_refused_from_head(self):
+        """A root refusing a large body's head answers at once, closes, and no body byte is read."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", b"/refuse?x=1", headers=[
+            b"X-Test: seen", b"Content-Length: %d" % (LIMIT - 1)]))
+        self.assertEqual(transport.value(), REFUSAL)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.asked, [(b"PUT", b"/refuse?x=1", b"seen")])
+        channel.dataReceived(b"x" * 65536)
+        self.assertEqual((transport.value(), self.resource.requests), (REFUSAL, []))
+
+    def test_expect_continue_refused_without_interim(self):
+        """A small body whose client waits for 100 Continue is refused from the head, with no 100."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", b"/refuse", headers=[b"Content-Length: 10",
+                                                              b"Expect: 100-continue"]))
+        self.assertEqual(transport.value(), REFUSAL)
+
+    def test_chunked_body_refused_from_head(self):
+        """A chunked body, of unknown size, is refused from the head."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", b"/refuse", headers=[b"Transfer-Encoding: chunked"]))
+        self.assertEqual(transport.value(), REFUSAL)
+
+    def test_accepted_head_reads_body(self):
+        """A head the root accepts goes on as usual: the whole body reaches the resource."""
+        channel, transport = self.connect()
+        body = os.urandom(SPOOL_THRESHOLD + 1)
+        channel.dataReceived(head(b"PUT", b"/fine", headers=[b"Content-Length: %d" % len(body)]) + body)
+        self.assertEqual(self.resource.asked, [(b"PUT", b"/fine", None)])
+        self.assertEqual(self.resource.bodies[0][1], body)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+
+    def test_small_and_empty_bodies_not_asked(self):
+        """No body, or a small one sent without waiting for 100 Continue, is read and answered as usual."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"GET", b"/refuse") + head(b"PUT", b"/refuse", headers=[
+            b"Content-Length: %d" % SPOOL_THRESHOLD]) + b"x" * SPOOL_THRESHOLD)
+        self.assertEqual(self.resource.asked, [])
+        self.assertEqual(len(self.resource.requests), 2)
+
+    def test_refusal_bug_reads_body(self):
+        """A root whose refusal raises is logged and the request goes on as usual."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", b"/bug", headers=[b"Transfer-Encoding: chunked"])
+                             + chunk(b"data") + b"0\r\n\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.resource.bodies[0][1], b"data")
 
 
 class MalformedHeadTests(SiteTestMixin, SynchronousTestCase):

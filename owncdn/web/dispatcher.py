@@ -5,18 +5,23 @@ virtual host.
 """
 
 from twisted.web.resource import NoResource, Resource
+from zope.interface import implementer
 
 from owncdn.web.cors import Preflight
 from owncdn.web.public import PublicBinding, matches_host_port
 from owncdn.web.s3 import S3API
-from owncdn.web.site import is_s3_request
+from owncdn.web.site import IEarlyRefusal, is_s3_request
 from owncdn.web.standard import StandardAPI
 
 
+@implementer(IEarlyRefusal)
 class Dispatcher(Resource):
     """
     Every child is a leaf that reads the whole C{request.path}, so the
     segment Twisted already moved to C{prepath} is put back first.
+
+    S3 requests with a large body have their signature checked as soon
+    as their head is in (L{refuse_early}).
     """
 
     def __init__(self, state):
@@ -37,8 +42,10 @@ class Dispatcher(Resource):
         asked = (request.getHeader(b"access-control-request-headers") or b"").lower()
         return b"x-owncdn-key" in asked or b"x-amz-" in asked or b"authorization" in asked
 
-    def getChildWithDefault(self, path, request):
-        request.postpath.insert(0, request.prepath.pop())
+    def _api_child(self, request):
+        """
+        The child that answers a request on the api host and port, if any.
+        """
         if matches_host_port(request, self.api_host, self.api_port):
             if request.requestHeaders.hasHeader(b"x-owncdn-key"):
                 return self.standard
@@ -46,6 +53,18 @@ class Dispatcher(Resource):
                 return self.s3
             if self._is_api_preflight(request):
                 return self.preflight
+        return None
+
+    def refuse_early(self, request, method: bytes, target: bytes) -> bytes | None:
+        if self._api_child(request) is self.s3:
+            return self.s3.refuse_early(request, method, target)
+        return None
+
+    def getChildWithDefault(self, path, request):
+        request.postpath.insert(0, request.prepath.pop())
+        child = self._api_child(request)
+        if child is not None:
+            return child
         for binding in self.public:
             if binding.matches(request):
                 return binding

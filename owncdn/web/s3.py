@@ -18,7 +18,9 @@ from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import MultipartStore
 from owncdn.web import s3buckets, s3multipart, s3objects
 from owncdn.web.handler import AsyncResource
-from owncdn.web.s3request import S3Call, decode, parse_query, s3_error, send_s3_error
+from owncdn.web.s3request import (
+    S3Call, decode, decode_lenient, parse_query, s3_error, s3_error_response, send_s3_error,
+)
 
 # In the data folder: multipart uploads in progress.
 UPLOADS_FOLDER = "s3-uploads"
@@ -124,6 +126,24 @@ class S3API(AsyncResource):
             await action(call)
         except S3Error as error:
             send_s3_error(request, error, request_id)
+
+    def refuse_early(self, request, method: bytes, target: bytes) -> bytes | None:
+        """
+        The whole error response for a request whose signature fails, from
+        its head alone (the canonical request needs no body), so that the
+        site need not read a body that would be refused; C{None} when the
+        head is good.  The site asks only for requests with a large body
+        (L{owncdn.web.site.IEarlyRefusal}); once the body is in,
+        L{handle} checks everything again.  Cheap: the signing key is cached.
+        """
+        headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())
+        try:
+            sigv4.verify_request(method.decode("latin-1"), target, headers, self._lookup_secret,
+                                 self.state.clock.seconds())
+        except S3Error as error:
+            path = target.partition(b"?")[0]
+            return s3_error_response(error, secrets.token_hex(8).upper(), decode_lenient(path))
+        return None
 
     def _authenticate(self, request, request_id: str) -> S3Call:
         headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())

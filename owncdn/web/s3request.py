@@ -14,6 +14,7 @@ from io import BytesIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.threads import deferToThread
+from twisted.web import http
 
 from owncdn.errors import InvalidPath, OwnCDNError
 from owncdn.interfaces import FileInfo, IVersionedFiles, IWritableFiles
@@ -258,6 +259,20 @@ def send_s3_error(request, error: S3Error, request_id: str) -> None:
     if request.method != b"HEAD":
         request.write(body)
     request.finish()
+
+
+def s3_error_response(error: S3Error, request_id: str, resource: str) -> bytes:
+    """
+    A whole HTTP response with an S3 error document, for answering
+    straight on the wire before the request reaches the resource tree;
+    the connection closes after it.
+    """
+    body = error.to_xml(request_id, resource)
+    reason = http.RESPONSES.get(error.status, b"Error")
+    headers = {b"Content-Type": xml.CONTENT_TYPE, b"Content-Length": b"%d" % len(body),
+               b"x-amz-request-id": request_id.encode(), **error.headers, b"Connection": b"close"}
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers.items())
+    return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (error.status, reason, head, body)
 
 
 def decode_lenient(path: bytes) -> str:

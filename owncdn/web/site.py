@@ -5,8 +5,11 @@ Twisted's defaults are not enough for a public server, so this module
 closes the holes: a body cap checked before and while the body arrives
 (413 without reading the rest), bodies over 1 MiB spooled into a file in
 the data folder (never memory, never /tmp), a deadline for the request
-head (slow-loris clients), a clean 414/431 for an oversized head, and
-connection bookkeeping so that SIGTERM lets requests in progress finish.
+head (slow-loris clients), a clean 414/431 for an oversized head,
+connection bookkeeping so that SIGTERM lets requests in progress finish,
+and a look at the head of each request with a sizeable body by a root
+resource that can refuse it from the head alone (L{IEarlyRefusal}: a
+badly signed 5 GB S3 upload is refused before its first byte is read).
 """
 
 import json
@@ -19,6 +22,7 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, server
+from zope.interface import Interface
 
 from owncdn.web.reqlog import RequestLog
 
@@ -65,6 +69,28 @@ def is_s3_request(request) -> bool:
                for name, _ in request.requestHeaders.getAllRawHeaders())
 
 
+class IEarlyRefusal(Interface):
+    """
+    A root resource that can refuse a request from its head alone.
+    L{OwnCDNRequest} asks it once the head of a request with a body worth
+    not reading has arrived (see L{OwnCDNRequest.gotLength}); the
+    resource still checks the request in full if it is let through.
+    """
+
+    def refuse_early(request, method, target):
+        """
+        Look at a request whose body has not been read.
+
+        @param request: the request, with its headers and channel; its
+            C{method}, C{uri} and C{content} are not set yet.
+        @param method: the request method as sent (C{bytes}).
+        @param target: the request target as sent (C{bytes}).
+        @return: a whole HTTP response (C{bytes}) to send before closing
+            the connection without reading the body, or C{None} to read
+            the body and go on as usual.
+        """
+
+
 class OwnCDNRequest(server.Request):
     """
     A request whose body is capped as it arrives and lands where
@@ -83,7 +109,40 @@ class OwnCDNRequest(server.Request):
         if length is not None and length > self.channel.site.max_upload_size:
             self._refuse_too_large()
             return
+        if self._worth_refusing_early(length):
+            response = self._early_refusal()
+            if response is not None:
+                self._refuse(response)
+                return
         super().gotLength(length)
+
+    def _worth_refusing_early(self, length: int | None) -> bool:
+        """
+        Whether to ask the root resource about the head: when the client
+        waits for C{100 Continue} (the refusal then costs it nothing), or
+        the body is chunked or too large to keep in memory.  A small body
+        is cheaper to read than to cut off: closing while it is still
+        arriving can reset the connection before the client reads why.
+        """
+        if length == 0:
+            return False
+        expect = self.requestHeaders.getRawHeaders(b"expect", [b""])[0]
+        return length is None or length > SPOOL_THRESHOLD or expect.lower() == b"100-continue"
+
+    def _early_refusal(self) -> bytes | None:
+        root = self.channel.site.resource
+        if not IEarlyRefusal.providedBy(root):
+            return None
+        # Twisted sets the request's method and uri only once the body is
+        # in; until then the request line is the channel's.
+        channel = self.channel
+        try:
+            return root.refuse_early(self, channel._command, channel._path)
+        except Exception:
+            # A refusal is an optimisation: on a bug, read the body and
+            # let the resource answer.
+            log.failure("refusing {uri!r} from its head failed", uri=channel._path)
+            return None
 
     def handleContentChunk(self, data):
         if self.refused:
@@ -99,18 +158,21 @@ class OwnCDNRequest(server.Request):
         self.content.write(data)
 
     def _refuse_too_large(self):
+        self._refuse(_too_large_response(is_s3_request(self), self.channel.site.max_upload_size))
+
+    def _refuse(self, response: bytes):
         """
-        Answer 413 straight on the wire and close: the request never
+        Answer straight on the wire and close: the request never
         reaches a resource and the rest of the body is never read.
         """
         self.refused = True
         if self.content is not None:
             self.content.close()
         self.content = BytesIO()
-        # HTTPChannel would answer "100 Continue" right after the 413.
+        # HTTPChannel would answer "100 Continue" right after the refusal.
         self.requestHeaders.removeHeader(b"expect")
         channel = self.channel
-        channel.transport.write(_too_large_response(is_s3_request(self), channel.site.max_upload_size))
+        channel.transport.write(response)
         channel.persistent = False
         channel.loseConnection()
 
