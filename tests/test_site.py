@@ -488,6 +488,23 @@ class DrainTests(SiteTestMixin, SynchronousTestCase):
         self.lose(partial, partial_transport)
         self.successResultOf(d)
 
+    def test_idle_connection_that_does_not_close_is_cut(self):
+        """An idle connection still open shortly after the drain (a silent TLS peer) is cut."""
+        idle, idle_transport = self.connect()
+        self.resource.hold = True
+        busy, busy_transport = self.connect()
+        busy.dataReceived(head())
+        d = self.site.drain()
+        self.assertTrue(idle_transport.disconnecting)
+        self.clock.advance(sitemod.IDLE_CLOSE_GRACE)
+        self.assertTrue(idle_transport.disconnected)
+        self.assertFalse(busy_transport.disconnecting)
+        idle.connectionLost(Exception("aborted"))
+        self.resource.requests[0].finish()
+        self.lose(busy, busy_transport)
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_request_in_progress_finishes(self):
         """A request in progress finishes and its connection closes after the response."""
         self.resource.hold = True

@@ -30,6 +30,9 @@ SPOOL_THRESHOLD = 1024 * 1024
 # How long a stopping daemon waits for requests in progress before it
 # cuts them off.
 DRAIN_TIMEOUT = 30.0
+# How long an idle connection closed by the drain may take to go: a TLS
+# client that never answers the close_notify would otherwise hold it.
+IDLE_CLOSE_GRACE = 2.0
 
 log = Logger()
 
@@ -341,22 +344,29 @@ class OwnCDNSite(server.Site):
         @return: a Deferred that fires once every connection is closed.
         """
         self.draining = True
-        for channel in list(self.channels):
-            if not channel.busy:
-                channel.loseConnection()
+        idle = [channel for channel in self.channels if not channel.busy]
+        for channel in idle:
+            channel.loseConnection()
         if not self.channels:
             return defer.succeed(None)
+        cut_idle = self.reactor.callLater(IDLE_CLOSE_GRACE, self._cut_idle, idle)
         log.info("waiting for {count} connections to finish", count=len(self.channels))
         d = defer.Deferred()
         self._drained.append(d)
         deadline = self.reactor.callLater(DRAIN_TIMEOUT, self._cut_connections)
 
         def stop_deadline(result):
-            if deadline.active():
-                deadline.cancel()
+            for call in (deadline, cut_idle):
+                if call.active():
+                    call.cancel()
             return result
 
         return d.addBoth(stop_deadline)
+
+    def _cut_idle(self, idle: list) -> None:
+        for channel in idle:
+            if channel in self.channels and not channel.busy:
+                channel.transport.abortConnection()
 
     def _cut_connections(self):
         log.warn("cutting {count} connections still open after {timeout} seconds",
