@@ -22,7 +22,11 @@ venv: $(VENV)/.installed
 run: venv
 	$(BIN)/twistd -n --pidfile= owncdn --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-test: venv
+# The AWS SDK for JavaScript, for the S3 client tests (skipped without npm).
+tests/js/node_modules/.installed: tests/js/package-lock.json
+	if command -v npm >/dev/null; then cd tests/js && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; fi
+
+test: venv tests/js/node_modules/.installed
 	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) tests
 
 clean:
