@@ -222,6 +222,11 @@ class StorageService(Service):
         """
         self._commits += 1
         self._last_change_id = max(self._last_change_id, change.id)
+        if self._engine.checkpoint_due:
+            # Off the request path: the write is already durable.
+            self._in_writer(self._engine.checkpoint).addErrback(
+                lambda failure: log.failure("storage {db}: checkpoint failed", failure,
+                                            db=str(self.db_path)))
         if loaded is not None and loaded.data is not None:
             self._small_files.add(change.path, loaded)
         else:

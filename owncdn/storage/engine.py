@@ -55,6 +55,18 @@ _OPEN_VERSION = f"""
 """
 
 
+# SQLite checkpoints the WAL into the database file in the committing
+# thread once the WAL holds this many pages (its default).  After a
+# write of more than BIG_WRITE bytes that would copy the whole body a
+# second time, and fsync it, before the upload is acknowledged; so such
+# a write turns automatic checkpoints off for its commit, and
+# StorageEngine.checkpoint (which the service queues in the writer
+# thread right behind it, or else the next write runs first) does the
+# copy.  The commit still fsyncs the WAL: durability is the same.
+AUTOCHECKPOINT_PAGES = 1000
+BIG_WRITE = 16 * CHUNK_SIZE
+
+
 class StorageClosed(Exception):
     """
     The engine is not open (never opened, failed to open, or closed).
@@ -154,6 +166,8 @@ class StorageEngine:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # A big write committed without checkpointing (see BIG_WRITE).
+        self.checkpoint_due = False
 
     def open(self) -> DatabaseState:
         """
@@ -185,7 +199,20 @@ class StorageEngine:
     def _writing(self):
         if self._writer is None:
             raise StorageClosed(f"{self.db_path} is not open")
+        self.checkpoint()
         return write_transaction(self._writer)
+
+    def checkpoint(self) -> None:
+        """
+        Copy the WAL into the database file after a big write, and turn
+        automatic checkpoints back on; nothing to do otherwise.  Writer
+        thread only.
+        """
+        if not self.checkpoint_due or self._writer is None:
+            return
+        self.checkpoint_due = False
+        self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+        self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -318,6 +345,9 @@ class StorageEngine:
             content.chunk_count += 1
             content.size += len(block)
         content.md5, content.sha256 = md5.digest(), sha256.digest()
+        if content.size > BIG_WRITE:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self.checkpoint_due = True
         return content
 
     def _written(self, change: Change, content: _Content) -> LoadedVersion:
