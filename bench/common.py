@@ -130,21 +130,24 @@ def write_config(data_dir: Path, services=None, sources=None, **top) -> None:
     configmod.save(data_dir, raw)
 
 
+# twistd in this process (not a wrapper script), so the PID is the daemon's.
+LAUNCHER = ("import sys; from twisted.scripts.twistd import run; "
+            "sys.argv[0] = 'twistd'; run()")
+
+
 class Daemon:
     """
     C{twistd -n owncdn} on a free 127.0.0.1 port, logging JSON lines to
     a file in its data folder.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, env: dict | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, env: dict | None = None,
+                 launcher: str = LAUNCHER):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.data_dir / "daemon.log"
-        argv = [PYTHON, "-c",
-                "import sys; from twisted.scripts.twistd import run; "
-                "sys.argv[0] = 'twistd'; run()",
-                "-n", "--pidfile=", "--logger", "owncdn.logs.json_stdout",
+        argv = [PYTHON, "-c", launcher, "-n", "--pidfile=", "--logger", "owncdn.logs.json_stdout",
                 "owncdn", "--data-dir", str(self.data_dir.absolute()),
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1"]
         full_env = dict(os.environ)
