@@ -19,6 +19,11 @@ CHANGE_COLUMNS = (
 )
 
 
+def _metadata(text: str) -> dict:
+    # Most files have none; a listing reads a thousand rows at a time.
+    return {} if text == "{}" else json.loads(text)
+
+
 def change_from_row(row: sqlite3.Row | tuple) -> Change:
     """
     The L{Change} of a row that starts with the C{CHANGE_COLUMNS}.
@@ -26,7 +31,19 @@ def change_from_row(row: sqlite3.Row | tuple) -> Change:
     return Change(
         id=row[0], time=row[1], op=row[2], path=row[3], version=row[4],
         size=row[5], etag=row[6], sha256=row[7], content_type=row[8],
-        metadata=json.loads(row[9]),
+        metadata=_metadata(row[9]),
+    )
+
+
+def info_from_row(row: sqlite3.Row | tuple, current: bool) -> FileInfo:
+    """
+    C{info_from_change(change_from_row(row), current)} without the
+    L{Change} in between, for listings.
+    """
+    return FileInfo(
+        path=row[3], size=row[5], modified=row[1], etag=row[6], content_type=row[8],
+        version=row[4], sha256=row[7], deleted=row[2] == "delete", current=current,
+        metadata=_metadata(row[9]),
     )
 
 

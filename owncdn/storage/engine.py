@@ -32,6 +32,7 @@ from owncdn.storage.changelog import (
     CHANGE_COLUMNS,
     change_from_row,
     info_from_change,
+    info_from_row,
     last_change_id,
     next_change_id,
     read_meta,
@@ -470,7 +471,7 @@ class StorageEngine:
             f" WHERE {' AND '.join(where)} ORDER BY f.path LIMIT :limit",
             {"prefix": prefix, "upper": upper, "after": after, "limit": limit + 1},
         ).fetchall()
-        infos = [info_from_change(change_from_row(row), True) for row in rows[:limit]]
+        infos = [info_from_row(row, True) for row in rows[:limit]]
         return infos, (infos[-1].path if len(rows) > limit else None)
 
     def versions(self, path: str) -> list[FileInfo]:

@@ -13,8 +13,10 @@ def rfc3339(seconds: float) -> str:
     """
     An RFC 3339 UTC timestamp with millisecond precision.
     """
+    # isoformat is several times faster than strftime (a filelist page
+    # formats a thousand of these); it ends in "+00:00".
     stamp = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    return stamp.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class RequestLog:
