@@ -187,7 +187,7 @@ class HitTests(CacheTestCase):
         first = self.successResultOf(self.cache.get("a"))
         second = self.successResultOf(self.cache.get("a"))
         self.assertIs(first, second)
-        self.assertIs(self.successResultOf(first.read(0, 1 << 20)), first.data)
+        self.assertIs(self.successResultOf(first.read(0, 1 << 20)), first.chunks[0])
 
     def test_keeps_info(self):
         """A cached item keeps the source's size, ETag, type and time."""

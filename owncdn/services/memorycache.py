@@ -3,8 +3,8 @@ The C{memorycache} service: the items of a source service kept in
 memory, least recently used dropped first.
 
 A hit costs a dictionary lookup and an already-fired Deferred: the
-cached item is its own L{IFileBody} (reads are stateless slices of one
-C{bytes}), so nothing else is allocated.  A miss opens the source's
+cached item is its own L{IFileBody} (reads are stateless slices of the
+C{bytes} pieces it arrived in), so nothing else is allocated.  A miss opens the source's
 body and copies it into memory as it arrives (a L{Fill}); every client
 asking for the item meanwhile reads from that fill, so concurrent
 misses make one source request.  The rules (keys, refresh, expiry,
@@ -19,6 +19,7 @@ cannot get room streams through uncached.
 
 from bisect import bisect_right
 from collections import OrderedDict
+from itertools import accumulate
 from dataclasses import replace
 
 from twisted.application.service import Service
@@ -77,23 +78,38 @@ class CachedFile:
     """
     One item held in memory, and the body every hit on it is served
     from.
+
+    The content stays in the pieces its fill received (one for a small
+    item): joining them would hold a second copy of a big item while it
+    is made.  A read returns (part of) one piece, no copy when it asks
+    for the whole piece.
     """
 
-    __slots__ = ("info", "data", "cost", "validated_at", "last_used", "br")
+    __slots__ = ("info", "chunks", "starts", "cost", "validated_at", "last_used", "br")
 
-    def __init__(self, info: FileInfo, data: bytes, cost: int, now: float,
+    def __init__(self, info: FileInfo, chunks: list[bytes], cost: int, now: float,
                  br: bytes | None = None):
         self.info = info
-        self.data = data
+        # Tuples, and no offsets for one piece: a small item must cost
+        # little more than its bytes (ENTRY_OVERHEAD).
+        self.chunks = tuple(chunks)
+        self.starts = tuple(accumulate((len(chunk) for chunk in chunks[:-1]), initial=0)) \
+            if len(chunks) > 1 else ()
         self.cost = cost
         self.validated_at = now
         self.last_used = now
         # The source's Brotli form, itself a body (made once, not per hit).
         self.br = None if br is None else CachedFile(
-            replace(info, size=len(br)), br, 0, now)
+            replace(info, size=len(br)), [br], 0, now)
 
     def read(self, offset: int, length: int) -> Deferred:
-        return succeed(_piece(self.data, offset, length) if offset < len(self.data) else b"")
+        if len(self.chunks) == 1:
+            data = self.chunks[0]
+            return succeed(_piece(data, offset, length) if offset < len(data) else b"")
+        if offset >= self.info.size:
+            return succeed(b"")
+        index = bisect_right(self.starts, offset) - 1
+        return succeed(_piece(self.chunks[index], offset - self.starts[index], length))
 
     def alternate(self, encoding: str) -> "CachedFile | None":
         return self.br if encoding == "br" else None
@@ -129,15 +145,16 @@ class Fill:
         self.received += len(data)
         self._wake()
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         """
-        @return: the whole content, as one C{bytes} from now on.
+        @return: the whole content, in the pieces it arrived in (at
+            least one).
         """
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks, self._starts = [data], [0]
+        if not self._chunks:
+            self._chunks, self._starts = [b""], [0]
         self._done = True
         self._wake()
-        return data
+        return self._chunks
 
     def fail(self, failure: Failure) -> None:
         self._failure = failure
@@ -405,12 +422,12 @@ class MemoryCache(Service):
         finally:
             alternate.close()
 
-    def _fill_ended(self, key: CacheKey, fill: Fill, data: bytes | None,
+    def _fill_ended(self, key: CacheKey, fill: Fill, chunks: "list[bytes] | None",
                     br: bytes | None = None) -> None:
         if self._filling.get(key) is fill:
             del self._filling[key]
         self._reserved -= fill.cost
-        if data is None or fill.generation != self._generation:
+        if chunks is None or fill.generation != self._generation:
             return
         self._drop(key)
         cost = fill.cost
@@ -420,7 +437,7 @@ class MemoryCache(Service):
                 cost += len(br)
             else:
                 br = None
-        self._entries[key] = CachedFile(fill.info, data, cost, self._clock.seconds(), br)
+        self._entries[key] = CachedFile(fill.info, chunks, cost, self._clock.seconds(), br)
         self._held += cost
 
     # Memory
