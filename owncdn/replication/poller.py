@@ -11,6 +11,7 @@ which stops the poller until an operator resyncs.
 """
 
 import hashlib
+import io
 import json
 import tempfile
 import time
@@ -34,6 +35,10 @@ CONCURRENCY = 8
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 CONNECT_SLACK = 15
+# Bodies up to this size are downloaded into memory: creating a spool
+# file costs more than the rest of a small change.  At most BATCH of
+# them wait to be applied at a time.
+MEMORY_BODY = 64 * 1024
 
 
 class SyncError(Exception):
@@ -257,7 +262,8 @@ class ReplicaPoller(Service):
 
     async def _download(self, change: Change):
         """
-        Fetch the bytes of one put into a spool file, checking SHA-256.
+        Fetch the bytes of one put into a spool file (small ones into
+        memory), checking SHA-256.
 
         @return: the open spool file, positioned at 0, or C{None} when
             the source has pruned the version.
@@ -272,14 +278,22 @@ class ReplicaPoller(Service):
             await response.content()
             raise SyncError(f"getfile of {change.path} version {change.version} "
                             f"answered {response.code}")
-        spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="replica-")
+        if change.size <= MEMORY_BODY:
+            spool = io.BytesIO()
+        else:
+            spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="replica-")
         digest = hashlib.sha256()
         size = 0
 
         def write(data: bytes) -> None:
             nonlocal size
-            digest.update(data)
             size += len(data)
+            if size > change.size:
+                # Stop reading now: a body in memory must not grow past
+                # what the change announced.
+                raise SyncError(f"{change.path} version {change.version} has more than "
+                                f"{change.size} bytes")
+            digest.update(data)
             spool.write(data)
 
         try:
