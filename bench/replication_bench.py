@@ -235,21 +235,27 @@ def bench_waiters(primary: Daemon, waiters: int, idle_seconds: float) -> dict:
     cpu = primary.cpu()
     time.sleep(idle_seconds)
     idle_cpu = primary.cpu() - cpu
+    cpu = primary.cpu()
     with _Closing(Client(primary.port)) as client:
         started = time.perf_counter()
         client.upload("wake/one.bin", small_body(1))
         acknowledged = time.perf_counter()
     for thread in threads:
         thread.join(POLL_TIMEOUT + 15)
+    wake_cpu = primary.cpu() - cpu
     with_change = sum(1 for a in answers if a["changes"])
     last_woken = (max(woken) - acknowledged) * 1000 if woken else float("nan")
     print(f"{waiters} long polls parked: primary CPU {idle_cpu * 1000:.0f} ms over "
           f"{idle_seconds:.0f} s idle ({idle_cpu / idle_seconds:.2%} of a core)")
     print(f"one upload (answered in {(acknowledged - started) * 1000:.1f} ms) woke "
           f"{with_change} of {waiters}; the last answered {last_woken:.1f} ms after the upload's "
-          f"answer: {'PASS' if with_change == waiters else 'FAIL'}")
+          f"answer ({(max(woken) - started) * 1000:.1f} ms after it was sent; primary CPU "
+          f"{wake_cpu * 1000:.0f} ms for the upload and the {waiters} answers): "
+          f"{'PASS' if with_change == waiters else 'FAIL'}")
     return {"waiters": waiters, "idle_seconds": idle_seconds, "idle_cpu": idle_cpu,
-            "woken": with_change, "last_woken_ms": last_woken}
+            "woken": with_change, "last_woken_ms": last_woken,
+            "upload_ms": (acknowledged - started) * 1000,
+            "all_woken_after_send_ms": (max(woken) - started) * 1000, "wake_cpu": wake_cpu}
 
 
 def main() -> None:
