@@ -289,13 +289,14 @@ def _latency(out: str, label: str) -> str:
 
 
 def per_cpu_second(server, url: str, seconds: float, headers: dict | None = None,
-                   connections: int = 32) -> dict:
+                   connections: int = 32, threads: int = 1) -> dict:
     """
     Load C{server} with wrk and divide the requests by the CPU time the
-    server spent meanwhile.
+    server spent meanwhile.  One wrk thread by default: on two cores a
+    second one competes with the server for its core.
     """
     before = server.cpu()
-    result = wrk(url, seconds, connections=connections, headers=headers)
+    result = wrk(url, seconds, connections=connections, threads=threads, headers=headers)
     cpu = server.cpu() - before
     result["cpu"] = cpu
     result["per_cpu_second"] = result["requests"] / cpu if cpu else float("inf")
