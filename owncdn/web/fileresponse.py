@@ -146,13 +146,15 @@ def accepts_encoding(request, coding: bytes) -> bool:
 class BodyProducer:
     """
     Streams C{[start, end)} of a body into a request one block at a time,
-    so memory stays at about one block whatever the size.
+    so memory stays at a few blocks whatever the size.
 
     A push producer, because a read finishes later (a stored body reads
-    each chunk in a thread): it reads the next block as soon as the last
-    one is written, until the transport, its buffer full, pauses it.  A
-    pull producer would have Twisted call C{resumeProducing} in a busy
-    loop while the read is in its thread.
+    each chunk in a thread): a pull producer would have Twisted call
+    C{resumeProducing} in a busy loop while the read is in its thread.
+    One block is read ahead while the transport sends the last one, so
+    the connection does not sit idle for every read; the transport pauses
+    the producer when its buffer is full, and a block read meanwhile waits
+    for it to resume.
 
     @ivar done: fires when the last byte was written, or fails when the
         body ended early or the body read failed.
@@ -161,9 +163,11 @@ class BodyProducer:
     def __init__(self, request, body, start: int, end: int):
         self._request = request
         self._body = body
-        self._position = start
+        self._read_position = start
+        self._written = start
         self._end = end
         self._reading = False
+        self._ready: bytes | None = None
         self._paused = False
         self._stopped = False
         self.done = defer.Deferred(lambda _: self.stopProducing())
@@ -174,18 +178,22 @@ class BodyProducer:
         return self.done
 
     def _read_next(self):
-        if self._reading or self._paused or self._stopped:
+        if (self._reading or self._ready is not None or self._stopped
+                or self._read_position >= self._end):
             return
         self._reading = True
-        length = min(BLOCK, self._end - self._position)
-        self._body.read(self._position, length).addCallbacks(self._got, self._failed)
+        length = min(BLOCK, self._end - self._read_position)
+        self._body.read(self._read_position, length).addCallbacks(self._got, self._failed)
 
     def pauseProducing(self):
         self._paused = True
 
     def resumeProducing(self):
         self._paused = False
-        self._read_next()
+        if self._ready is not None:
+            self._send_ready()
+        else:
+            self._read_next()
 
     def _got(self, data: bytes):
         self._reading = False
@@ -194,9 +202,17 @@ class BodyProducer:
         if not data:
             self._failed(IOError("the body ended before its announced size"))
             return
-        self._position += len(data)
+        self._read_position += len(data)
+        self._ready = data
+        self._send_ready()
+
+    def _send_ready(self):
+        if self._paused or self._ready is None:
+            return
+        data, self._ready = self._ready, None
+        self._written += len(data)
         self._request.write(data)
-        if self._position >= self._end:
+        if self._written >= self._end:
             self._stopped = True
             self._request.unregisterProducer()
             self.done.callback(None)
@@ -213,6 +229,7 @@ class BodyProducer:
 
     def stopProducing(self):
         self._stopped = True
+        self._ready = None
 
 
 async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = None,
