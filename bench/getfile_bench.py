@@ -60,8 +60,9 @@ def main() -> None:
         data_dir = folder / "owncdn"
         write_config(data_dir)
         nginx = Nginx(www)
-        daemon = Daemon(data_dir)
+        daemon = None
         try:
+            daemon = Daemon(data_dir)
             upload(daemon.url, "one-k.bin", body)
             for n in range(args.rounds):
                 print(f"round {n + 1}")
@@ -77,7 +78,8 @@ def main() -> None:
                 print(f"  owncdn / nginx = {figures['ratio']:.3f}")
                 results["rounds"].append(figures)
         finally:
-            daemon.stop()
+            if daemon is not None:
+                daemon.stop()
             nginx.stop()
         if not args.no_references:
             nginx_rate = statistics.median(r["nginx"]["per_cpu_second"]
