@@ -3,6 +3,7 @@ The twistd plugin's options and C{makeService}, shared by
 C{twistd owncdn} and C{owncdn.tac}.
 """
 
+import gc
 import json
 import os
 import shutil
@@ -264,6 +265,10 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
     for description, endpoint in listeners:
         ListenService(description, endpoint, site).setServiceParent(web)
     web.setServiceParent(root)
+    # What start-up built (modules, configuration, services) lives as
+    # long as the daemon: taking it out of the collector's generations
+    # keeps full collections, which stall every request, short.
+    reactor.callWhenRunning(gc.freeze)
     return root
 
 
