@@ -142,3 +142,52 @@ class Process:
     def stop(self) -> None:
         stop_process(self.process)
         self._log.close()
+
+
+class Profile:
+    """
+    py-spy sampling a process (all its threads, idle time left out,
+    without pausing it) into a collapsed-stack file, for the side of a
+    figure that needs explaining.
+    """
+
+    def __init__(self, pid: int, path: Path, seconds: float, rate: int = 200):
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            raise SystemExit("py-spy is not installed: run bench/setup_s3_cdn.sh")
+        self.path = path
+        self.process = subprocess.Popen(
+            [str(spy), "record", "-p", str(pid), "-d", str(round(seconds)), "-r", str(rate),
+             "--threads", "--nonblocking", "-f", "raw", "-o", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(self) -> str:
+        self.process.wait(60)
+        return summarize(self.path)
+
+
+def summarize(path: Path, top: int = 15) -> str:
+    """
+    The busiest threads and the frames where most samples were taken
+    (self time), from a py-spy raw file.
+    """
+    threads: dict[str, int] = {}
+    frames: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        parts = stack.split(";")
+        threads[parts[0]] = threads.get(parts[0], 0) + samples
+        frames[parts[-1]] = frames.get(parts[-1], 0) + samples
+    if not total:
+        return "no samples"
+    lines = [f"{samples * 100 / total:5.1f}%  {name}" for name, samples in
+             sorted(threads.items(), key=lambda item: -item[1])]
+    lines.append("self time:")
+    lines += [f"{samples * 100 / total:5.1f}%  {name}" for name, samples in
+              sorted(frames.items(), key=lambda item: -item[1])[:top]]
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ caching the same origin, in one run:
   daemon's peak RSS (VmHWM, reset before the miss) against its resident
   size before it.
 
-    .venv/bin/python bench/cdn_bench.py [--seconds 10]
+    .venv/bin/python bench/cdn_bench.py [--seconds 10] [--profile]
 
 Install Varnish, nginx and wrk with bench/setup_s3_cdn.sh.  Targets: the
 1 KiB hit at least 0.25 of nginx's requests per CPU-second; the 64 MiB
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchtools import OtherLoad, reset_peak, wait_quiet, wrk  # noqa: E402
+from benchtools import OtherLoad, Profile, reset_peak, wait_quiet, wrk  # noqa: E402
 from common import (  # noqa: E402
     ROOT, Daemon, Nginx, children, cpu_seconds, free_port, http, machine, save_result,
     status_kib, stop_process, wait_for_port, write_config,
@@ -98,7 +98,14 @@ def owncdn_services(origin_url: str) -> list[dict]:
     ]
 
 
-def hit_rate(name: str, server, url: str, seconds: float) -> dict:
+RESULTS = ROOT / "bench" / "results"
+
+
+def profiled(server, profile: bool, what: str, seconds: float) -> Profile | None:
+    return Profile(server.pid, RESULTS / f"profile-cdn-{what}.txt", seconds) if profile else None
+
+
+def hit_rate(name: str, server, url: str, seconds: float, profile: bool = False) -> dict:
     """
     Requests per CPU-second of C{server} under 32 connections, after a
     first request (the miss) and a warm-up.
@@ -110,6 +117,7 @@ def hit_rate(name: str, server, url: str, seconds: float) -> dict:
     pids = server.pids() if hasattr(server, "pids") else [server.pid]
     wait_quiet(pids)
     load = OtherLoad(pids).start()
+    spy = profiled(server, profile, "hit", seconds)
     before = server.cpu()
     result = wrk(url, seconds, 32, threads=2)
     result["cpu"] = server.cpu() - before
@@ -121,10 +129,12 @@ def hit_rate(name: str, server, url: str, seconds: float) -> dict:
           f"in {result['seconds']:.1f} s: {result['per_cpu_second']:>8,.0f} req/CPU-s "
           f"(p50 {result['p50']}, p99 {result['p99']}; other load {result['other_load']:.2f} cores)",
           flush=True)
+    if spy is not None:
+        print(spy.wait(), flush=True)
     return result
 
 
-def big_rate(name: str, server, url: str, seconds: float) -> dict:
+def big_rate(name: str, server, url: str, seconds: float, profile: bool = False) -> dict:
     """
     MB/s of hits on the 64 MiB file (the first request, a miss, timed
     apart).
@@ -139,6 +149,7 @@ def big_rate(name: str, server, url: str, seconds: float) -> dict:
     pids = server.pids() if hasattr(server, "pids") else [server.pid]
     wait_quiet(pids)
     load = OtherLoad(pids).start()
+    spy = profiled(server, profile, "big", seconds)
     before = server.cpu()
     result = wrk(url, seconds, BIG_CONNECTIONS)
     result["cpu"] = server.cpu() - before
@@ -150,13 +161,18 @@ def big_rate(name: str, server, url: str, seconds: float) -> dict:
     print(f"  {name:<8} {BIG_MIB} MiB hit {result['mb_per_s']:>7,.0f} MB/s ({result['requests']} "
           f"responses in {result['seconds']:.1f} s, server CPU {result['cpu']:.1f} s; first "
           f"request {miss:.2f} s; other load {result['other_load']:.2f} cores)", flush=True)
+    if spy is not None:
+        print(spy.wait(), flush=True)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the daemon during its measured runs (bench/results/)")
     args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
     print(machine(), flush=True)
     results = {"machine": machine(), "seconds": args.seconds, "command": " ".join(sys.argv)}
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as folder:
@@ -187,11 +203,12 @@ def main() -> None:
             daemon = Daemon(data_dir)
             try:
                 results["owncdn"] = {
-                    "hit": hit_rate("owncdn", daemon, f"{daemon.url}/one-k.bin", args.seconds)}
+                    "hit": hit_rate("owncdn", daemon, f"{daemon.url}/one-k.bin", args.seconds,
+                                    args.profile)}
                 reset_peak(daemon.pid)
                 rss_before = status_kib(daemon.pid, "VmRSS")
                 results["owncdn"]["big"] = big_rate("owncdn", daemon, f"{daemon.url}/big.bin",
-                                                    args.seconds)
+                                                    args.seconds, args.profile)
                 growth = (status_kib(daemon.pid, "VmHWM") - rss_before) / 1024
                 results["owncdn"]["big"]["rss_growth_mib"] = growth
                 print(f"  owncdn   peak RSS +{growth:.0f} MiB over the miss and the hits "

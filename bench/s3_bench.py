@@ -5,7 +5,8 @@ signed, wrk cycling through a pool of pre-signed requests, see
 s3_load.py), and a 1 GiB PutObject in one part and in 16 MiB parts.
 
     .venv/bin/python bench/s3_bench.py [--seconds 10] [--connections 32]
-        [--big-size 1024] [--servers owncdn,moto,s3rver] [--big-servers owncdn,s3rver,moto]
+        [--big-size 1024] [--servers owncdn,owncdn-nofsync,moto,s3rver]
+        [--big-servers owncdn,s3rver] [--profile]
 
 Install the other servers first with bench/setup_s3_cdn.sh.  Targets:
 GET at least 3 x s3rver's requests/s, PUT at least 1.5 x; the 1 GiB
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchtools import OtherLoad, Process, reset_peak, wait_quiet  # noqa: E402
+from benchtools import OtherLoad, Process, Profile, reset_peak, wait_quiet  # noqa: E402
 from common import (  # noqa: E402
     LAUNCHER, ROOT, WRITER, Daemon, cpu_seconds, free_port, machine, save_result, status_kib,
     write_config,
@@ -33,6 +34,7 @@ from s3_load import (  # noqa: E402
 )
 
 BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
 MOTO = BENCH / ".venv-moto" / "bin" / "moto_server"
 S3RVER = BENCH / "node_modules" / "s3rver" / "bin" / "s3rver.js"
 GET_RATIO, PUT_RATIO = 3.0, 1.5
@@ -104,13 +106,23 @@ STARTERS = {"owncdn": start_owncdn, "owncdn-nofsync": start_owncdn_nofsync, "mot
             "s3rver": start_s3rver}
 
 
+def profiled(s3: S3Server, args, what: str, seconds: float) -> Profile | None:
+    """
+    py-spy on an OwnCDN daemon for the run about to start, with --profile.
+    """
+    if not (args.profile and s3.name.startswith("owncdn")):
+        return None
+    return Profile(s3.pid, RESULTS / f"profile-s3-{s3.name}-{what}.txt", seconds)
+
+
 def run_pool(s3: S3Server, folder: Path, method: str, paths: list[str], body: bytes,
-             seconds: float, connections: int) -> dict:
+             seconds: float, connections: int, args) -> dict:
     pool = write_pool(folder / f"{s3.name}-{method}.pool", s3.account, method, paths, body)
     url = f"http://{s3.account.netloc}/"
     wrk_pool(url, pool, min(2.0, seconds), connections)  # warm up
     quiet = wait_quiet([s3.pid])
     load = OtherLoad([s3.pid]).start()
+    profile = profiled(s3, args, method.lower(), seconds)
     before = cpu_seconds(s3.pid)
     result = wrk_pool(url, pool, seconds, connections)
     result["cpu"] = cpu_seconds(s3.pid) - before
@@ -122,16 +134,19 @@ def run_pool(s3: S3Server, folder: Path, method: str, paths: list[str], body: by
           f"(server CPU {result['cpu']:.1f} s in {result['seconds']:.1f} s, "
           f"p50 {result['p50']}, p99 {result['p99']}; other load {result['other_load']:.2f} cores)",
           flush=True)
+    if profile is not None:
+        print(profile.wait(), flush=True)
     return result
 
 
-def run_big(s3: S3Server, big: BigFile, how: str) -> dict:
+def run_big(s3: S3Server, big: BigFile, how: str, args) -> dict:
     upload = put_big if how == "single" else put_multipart
     wait_quiet([s3.pid])
     reset_peak(s3.pid)
     rss_before = status_kib(s3.pid, "VmRSS")
     load = OtherLoad([s3.pid]).start()
     cpu_before = cpu_seconds(s3.pid)
+    profile = profiled(s3, args, how, big.size / 100e6)
     seconds = upload(s3.account, s3.bucket, f"big-{how}.bin", big, BIG_TIMEOUT)
     result = {"seconds": seconds, "mb_per_s": big.size / seconds / 1e6,
               "cpu": cpu_seconds(s3.pid) - cpu_before, "other_load": load.stop(),
@@ -141,6 +156,8 @@ def run_big(s3: S3Server, big: BigFile, how: str) -> dict:
           f"({seconds:.1f} s, server CPU {result['cpu']:.1f} s, peak RSS "
           f"+{result['rss_growth_mib']:.0f} MiB; other load {result['other_load']:.2f} cores)",
           flush=True)
+    if profile is not None:
+        print(profile.wait(), flush=True)
     return result
 
 
@@ -152,14 +169,14 @@ def measure(name: str, folder: Path, args, body: bytes, big: BigFile | None) -> 
         if status != 200:
             raise RuntimeError(f"{name} PutObject answered {status}: {answer[:200]!r}")
         results["get"] = run_pool(s3, folder, "GET", [f"/{s3.bucket}/one-k.bin"] * GET_POOL, b"",
-                                  args.seconds, args.connections)
+                                  args.seconds, args.connections, args)
         results["put"] = run_pool(s3, folder, "PUT",
                                   [f"/{s3.bucket}/put/{i:05d}.bin" for i in range(PUT_POOL)], body,
-                                  args.seconds, args.connections)
+                                  args.seconds, args.connections, args)
         if big is not None and name in args.big_servers:
             for how in ("single", "multipart"):
                 try:
-                    results[how] = run_big(s3, big, how)
+                    results[how] = run_big(s3, big, how, args)
                 except Exception as error:  # noqa: BLE001 - reported, then the others go on
                     print(f"  {name} big {how}: failed: {error}", flush=True)
                     results[how] = {"error": str(error)}
@@ -194,8 +211,11 @@ def main() -> None:
     parser.add_argument("--big-size", type=int, default=1024, help="MiB; 0 skips the big uploads")
     parser.add_argument("--servers", default="owncdn,owncdn-nofsync,moto,s3rver")
     parser.add_argument("--big-servers", default="owncdn,s3rver")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the OwnCDN daemons during each measured run (bench/results/)")
     args = parser.parse_args()
     args.big_servers = args.big_servers.split(",")
+    RESULTS.mkdir(exist_ok=True)
     print(machine(), flush=True)
     results = {"machine": machine(), "seconds": args.seconds, "connections": args.connections,
                "big_size_mib": args.big_size, "part_size_mib": PART_SIZE // 2**20,
