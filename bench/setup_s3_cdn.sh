@@ -7,7 +7,10 @@
 set -e
 cd "$(dirname "$0")"
 apt-get update
-apt-get install -y nginx varnish wrk nodejs npm python3-venv
+apt-get install -y nginx varnish wrk python3-venv
+# A node from elsewhere (NodeSource's nodejs bundles npm) must not be
+# replaced by Debian's: install Debian's only when there is no npm.
+command -v npm >/dev/null 2>&1 || apt-get install -y nodejs npm
 # The packages start system-wide servers on ports 80 and 6081 where a
 # service manager runs; the benchmarks run their own.
 if command -v systemctl >/dev/null 2>&1; then
@@ -19,5 +22,5 @@ fi
     python3 -m venv .venv-moto
     .venv-moto/bin/pip install 'moto[server]'
 }
-[ -x node_modules/.bin/s3rver ] || npm install --no-save --no-package-lock s3rver@3.7.1
+[ -x node_modules/.bin/s3rver ] || npm install --prefix . --no-save --no-package-lock s3rver@3.7.1
 ../.venv/bin/pip install py-spy
