@@ -15,6 +15,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from owncdn import cli, config, lockfile
+from owncdn.cli import status as cli_status
 from owncdn.storage.engine import StorageEngine
 
 REPLICATION_KEY = "hq-secret-value-0123"
@@ -433,7 +434,7 @@ class StatusTests(CommandTestCase):
 
     def test_detail_hook(self):
         """A function appended to STATUS_DETAILS adds its text to a service's line."""
-        self.patch(cli, "STATUS_DETAILS", cli.STATUS_DETAILS + [
+        self.patch(cli_status, "STATUS_DETAILS", cli_status.STATUS_DETAILS + [
             lambda data_dir, service: "replicating" if service.id == "files" else None])
         line = next(line for line in self.ok("status").splitlines()
                     if line.startswith("files "))
