@@ -56,11 +56,10 @@ from owncdn.services.cachepolicy import (
 )
 from owncdn.services.diskcache_bodies import DiskFill, HeldBody
 from owncdn.services.diskcache_db import CacheDatabase, ItemGone
-# Start-up waits for the database exactly as the storage service does.
-from owncdn.services.storage import _wait_in_pool as wait_in_pool
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.engine import LoadedVersion, StoredVersion
 from owncdn.storage.smallfiles import SmallFileCache
+from owncdn.threads import wait_in_pool
 
 log = Logger()
 

@@ -12,7 +12,6 @@ hop.
 """
 
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.changelog import info_from_change
 from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
 from owncdn.storage.smallfiles import SmallFileCache
+from owncdn.threads import wait_in_pool
 
 log = Logger()
 
@@ -66,26 +66,6 @@ def prune_interval(keep_versions: bool | float) -> float | None:
         return None
     keep = 0.0 if keep_versions is False else float(keep_versions)
     return min(PRUNE_INTERVAL, max(MIN_PRUNE_INTERVAL, keep / 10))
-
-
-def _wait_in_pool(pool: ThreadPool, work: Callable):
-    """
-    Run C{work} in C{pool} and block until it is done: for start-up
-    only, before the daemon serves.
-    """
-    done = threading.Event()
-    outcome: list = []
-
-    def finished(success: bool, result) -> None:
-        outcome.append((success, result))
-        done.set()
-
-    pool.callInThreadWithCallback(finished, work)
-    done.wait()
-    success, result = outcome[0]
-    if not success:
-        result.raiseException()
-    return result
 
 
 @implementer(IReadableFiles, IWritableFiles, IVersionedFiles, IChangeLog)
@@ -151,7 +131,7 @@ class StorageService(Service):
         self._writer_pool = self._make_pool(1, 1, f"storage-{name}-writer")
         self._writer_pool.start()
         try:
-            state = _wait_in_pool(self._writer_pool, self._engine.open)
+            state = wait_in_pool(self._writer_pool, self._engine.open)
         except BaseException:
             self._writer_pool.stop()
             self._writer_pool = None
