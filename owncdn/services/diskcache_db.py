@@ -23,7 +23,6 @@ a crash, say) is removed.
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,8 @@ from owncdn.storage import SMALL_FILE_LIMIT
 from owncdn.storage.changelog import write_transaction
 from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk
 from owncdn.storage.engine import LoadedVersion, StoredVersion, prefix_upper_bound
-from owncdn.storage.schema import (
-    JOURNAL_SIZE_LIMIT,
-    PAGE_SIZE,
-    connect,
-    migrate,
-    schema_version,
-)
+from owncdn.storage.connection import ReaderConnections
+from owncdn.storage.schema import connect_wal, migrate, run_script, schema_version
 
 # A cache can lose its last commits to a power failure without harm
 # (they are fetched again); WAL with NORMAL stays consistent and does
@@ -84,9 +78,7 @@ CREATE TABLE chunks (
 
 
 def _create(conn: sqlite3.Connection) -> None:
-    for statement in _INITIAL.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    run_script(conn, _INITIAL)
 
 
 MIGRATIONS = (_create,)
@@ -168,9 +160,7 @@ class CacheDatabase:
         self.chunk_size = chunk_size
         self.small_limit = small_limit
         self._writer: sqlite3.Connection | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._readers = ReaderConnections(self.db_path)
 
     def open(self) -> tuple[list[IndexRow], int]:
         """
@@ -181,12 +171,8 @@ class CacheDatabase:
         @raise NotACacheDatabase: the file holds another kind of
             database.
         """
-        conn = connect(self.db_path)
+        conn = connect_wal(self.db_path, SYNCHRONOUS)
         try:
-            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
-            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             if schema_version(conn) and not conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'"
             ).fetchone():
@@ -210,10 +196,7 @@ class CacheDatabase:
         """
         Close every connection.  Call once no reader thread is running.
         """
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
-        for conn in readers:
-            conn.close()
+        self._readers.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -224,14 +207,7 @@ class CacheDatabase:
         return write_transaction(self._writer)
 
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.db_path)
-            conn.execute("PRAGMA query_only = 1")
-            with self._readers_lock:
-                self._readers.append(conn)
-            self._local.conn = conn
-        return conn
+        return self._readers.get()
 
     # Writes: writer thread only.
 

@@ -13,7 +13,6 @@ leaves either the whole version or nothing.
 
 import hashlib
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,7 +41,8 @@ from owncdn.storage.changelog import (
     write_transaction,
 )
 from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk, read_blocks
-from owncdn.storage.schema import connect, connect_writer
+from owncdn.storage.connection import ReaderConnections
+from owncdn.storage.schema import connect_writer
 
 # The version columns, whether the version is the newest of its path,
 # and (for single-chunk files) how chunk 0 is stored.  length() of a
@@ -164,9 +164,7 @@ class StorageEngine:
         self.small_file_limit = small_file_limit
         self.dbid: str | None = None
         self._writer: sqlite3.Connection | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._readers = ReaderConnections(self.db_path)
         # A big write committed without checkpointing (see BIG_WRITE).
         self.checkpoint_due = False
 
@@ -188,14 +186,10 @@ class StorageEngine:
         """
         Close every connection.  Call once no reader thread is running.
         """
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
-        for conn in readers:
-            conn.close()
+        self._readers.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self._local = threading.local()
 
     def _writing(self):
         if self._writer is None:
@@ -216,16 +210,9 @@ class StorageEngine:
         self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._writer is None:
-                raise StorageClosed(f"{self.db_path} is not open")
-            conn = connect(self.db_path)
-            conn.execute("PRAGMA query_only = 1")
-            with self._readers_lock:
-                self._readers.append(conn)
-            self._local.conn = conn
-        return conn
+        if self._writer is None:
+            raise StorageClosed(f"{self.db_path} is not open")
+        return self._readers.get()
 
     # Writes: writer thread only.
 

@@ -31,6 +31,17 @@ BUSY_TIMEOUT_MS = 10_000
 # checkpoint the WAL file is truncated back to this size.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
+# The indexes of the changes table in every schema version besides
+# changes_by_path: by time, and partial indexes that keep each pruning
+# pass proportional to what it prunes, not to the size of the log.
+_CHANGES_INDEXES = """
+CREATE INDEX changes_by_time ON changes (time);
+CREATE INDEX changes_superseded ON changes (superseded)
+    WHERE pruned = 0 AND superseded IS NOT NULL;
+CREATE INDEX current_delete_markers ON changes (time)
+    WHERE op = 'delete' AND superseded IS NULL AND pruned = 0;
+"""
+
 # The first entry creates everything.  Column notes:
 #   changes   one row per put or delete, which is also the version it
 #             made; id is the change ID.  AUTOINCREMENT so that an ID is
@@ -44,7 +55,7 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #   chunks    content, chunk_size bytes per row before encoding;
 #             compressed=1 rows are one Brotli stream each.
 #   meta      dbid, last_applied (replicas).
-_INITIAL = """
+_INITIAL = f"""
 CREATE TABLE meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -66,14 +77,7 @@ CREATE TABLE changes (
     pruned INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX changes_by_path ON changes (path, id);
-CREATE INDEX changes_by_time ON changes (time);
--- Partial indexes that keep each pruning pass proportional to what it
--- prunes, not to the size of the log.
-CREATE INDEX changes_superseded ON changes (superseded)
-    WHERE pruned = 0 AND superseded IS NOT NULL;
-CREATE INDEX current_delete_markers ON changes (time)
-    WHERE op = 'delete' AND superseded IS NULL AND pruned = 0;
-
+{_CHANGES_INDEXES}
 CREATE TABLE files (
     path TEXT PRIMARY KEY,
     change_id INTEGER NOT NULL
@@ -98,10 +102,18 @@ def new_dbid() -> str:
     return secrets.token_hex(16)
 
 
-def _create_initial(conn: sqlite3.Connection) -> None:
-    for statement in _INITIAL.split(";"):
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """
+    Execute the C{;}-separated statements of C{script} in the current
+    transaction (C{executescript} would commit it first).
+    """
+    for statement in script.split(";"):
         if statement.strip():
             conn.execute(statement)
+
+
+def _create_initial(conn: sqlite3.Connection) -> None:
+    run_script(conn, _INITIAL)
     conn.execute("INSERT INTO meta (name, value) VALUES ('dbid', ?)", (new_dbid(),))
 
 
@@ -113,7 +125,7 @@ def _create_initial(conn: sqlite3.Connection) -> None:
 # change a CHECK or a UNIQUE in place: the table is rebuilt (the usual
 # twelve steps), keeping the AUTOINCREMENT high-water mark, which
 # DROP TABLE would forget.
-_CHANGES_V2 = """
+_CHANGES_V2 = f"""
 CREATE TABLE changes_v2 (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -135,19 +147,12 @@ DROP TABLE changes;
 ALTER TABLE changes_v2 RENAME TO changes;
 CREATE UNIQUE INDEX changes_version ON changes (version) WHERE op != 'purge';
 CREATE INDEX changes_by_path ON changes (path, id DESC);
-CREATE INDEX changes_by_time ON changes (time);
-CREATE INDEX changes_superseded ON changes (superseded)
-    WHERE pruned = 0 AND superseded IS NOT NULL;
-CREATE INDEX current_delete_markers ON changes (time)
-    WHERE op = 'delete' AND superseded IS NULL AND pruned = 0;
-"""
+{_CHANGES_INDEXES}"""
 
 
 def _allow_purge(conn: sqlite3.Connection) -> None:
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
-    for statement in _CHANGES_V2.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    run_script(conn, _CHANGES_V2)
     if row is not None:
         conn.execute("DELETE FROM sqlite_sequence WHERE name = 'changes'")
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changes', ?)", row)
@@ -228,15 +233,30 @@ def connect(db_path: Path, read_only: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def connect_writer(db_path: Path) -> sqlite3.Connection:
+def connect_wal(db_path: Path, synchronous: str = SYNCHRONOUS) -> sqlite3.Connection:
     """
-    The connection that writes: creates the database on first use with
-    our page size, switches it to WAL and applies pending migrations.
+    A connection that writes: creates the database on first use with
+    our page size and switches it to WAL with the given durability (a
+    disk cache, which fetches again what a power failure loses, passes
+    C{NORMAL}).
     """
     conn = connect(db_path)
-    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
-    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    try:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_writer(db_path: Path) -> sqlite3.Connection:
+    """
+    The connection that writes a storage database: L{connect_wal} with
+    full durability, and pending migrations applied.
+    """
+    conn = connect_wal(db_path)
     migrate(conn)
     return conn
