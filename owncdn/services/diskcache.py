@@ -10,13 +10,10 @@ what differs is where the bytes live:
   Brotli when that saves enough; L{owncdn.services.diskcache_db}), by
   one writer thread, and read by a few reader threads.  The reactor
   thread never touches SQLite or Brotli.
-* every complete item has a small entry in memory (its ID, sizes and
-  times), kept in least-recently-used order, as nginx keeps its cache
-  keys in a shared zone: lookups, refresh and expiry decisions and
-  C{maxSize} eviction need no database read.  When items were last
-  used is written back in batches, not on every hit.
-* small items recently served are also held whole in memory (the
-  storage service's L{SmallFileCache}), so their hits leave no thread
+* every complete item has a small entry in memory, kept in LRU order
+  (L{owncdn.services.diskcache_index}): lookups, refresh and expiry
+  decisions and C{maxSize} eviction need no database read, and small
+  items recently served are held whole, so their hits leave no thread
   hop and come with their stored Brotli form.
 * a miss streams: the source's body is written chunk by chunk while the
   clients of that item read it (L{DiskFill}), with at most two chunks
@@ -24,10 +21,9 @@ what differs is where the bytes live:
   thrown away.
 * an item that stops being served (replaced, evicted, expired,
   flushed) while clients still read it keeps its chunks until the last
-  of them is done (L{HeldBody}), so no download is cut short.
+  of them is done (L{ItemReaders}), so no download is cut short.
 """
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -54,11 +50,11 @@ from owncdn.services.cachepolicy import (
     display_path,
     revalidate,
 )
-from owncdn.services.diskcache_bodies import DiskFill, HeldBody
+from owncdn.services.diskcache_bodies import DiskFill, ItemReaders
 from owncdn.services.diskcache_db import CacheDatabase, ItemGone
+from owncdn.services.diskcache_index import CacheIndex, IndexEntry
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.engine import LoadedVersion, StoredVersion
-from owncdn.storage.smallfiles import SmallFileCache
 from owncdn.threads import wait_in_pool
 
 log = Logger()
@@ -79,23 +75,6 @@ class CacheClosed(Exception):
     """
     The service is not running.
     """
-
-
-class IndexEntry:
-    """
-    What is kept in memory about one complete item.
-
-    @ivar stored: the bytes its chunks take on disk, what C{maxSize}
-        counts.
-    """
-
-    __slots__ = ("item_id", "stored", "validated_at", "last_used")
-
-    def __init__(self, item_id: int, stored: int, validated_at: float, last_used: float):
-        self.item_id = item_id
-        self.stored = stored
-        self.validated_at = validated_at
-        self.last_used = last_used
 
 
 @implementer(IReadableFiles, ICache)
@@ -125,20 +104,15 @@ class DiskCache(Service):
         self._db = CacheDatabase(self.db_path)
         self._writer_pool: ThreadPool | None = None
         self._reader_pool: ThreadPool | None = None
-        self._index: OrderedDict[CacheKey, IndexEntry] = OrderedDict()
+        self._index = CacheIndex(max_size, hot_memory)
         self._filling: dict[CacheKey, DiskFill] = {}
-        self._hot = SmallFileCache(hot_memory)
         self._negative = NegativeCache()
         self._flights = SingleFlight(
             lambda result: result.release() if isinstance(result, PassThrough) else None)
         self._next_id = 1
-        # Open bodies per item ID, and the items to discard once their
-        # last body is closed.
-        self._readers: dict[int, int] = {}
-        self._doomed: set[int] = set()
-        self._touched: dict[int, float] = {}
-        self._held = 0
-        self._reserved = 0
+        self._readers = ItemReaders(
+            lambda item_ids: self._in_background("discarding items", self._db.discard, item_ids),
+            lambda item_ids: self._in_background("orphaning items", self._db.orphan, item_ids))
         # Bumped by flush: a fill that started before must not be kept.
         self._generation = 0
         self._loops: list[LoopingCall] = []
@@ -165,13 +139,12 @@ class DiskCache(Service):
         self._reader_pool.start()
         self._next_id = highest + 1
         for row in rows:
-            self._index[row.key] = IndexEntry(row.item_id, row.stored,
-                                              row.validated_at, row.last_used)
-            self._held += row.stored
+            self._index.add(row.key, IndexEntry(row.item_id, row.stored,
+                                                row.validated_at, row.last_used))
         # maxSize may have been lowered since the last run.
         self._reserve(0)
         log.info("disk cache {db} open with {items} items ({size} bytes)",
-                 db=str(self.db_path), items=len(self._index), size=self._held)
+                 db=str(self.db_path), items=len(self._index), size=self._index.held)
         self._every(TOUCH_INTERVAL, self._write_touches)
         if self.rules.expire_unused > 0:
             self._every(min(self.rules.expire_unused, MAX_SWEEP_INTERVAL), self._sweep)
@@ -198,11 +171,11 @@ class DiskCache(Service):
             readers.stop()
         if writer is None:
             return succeed(None)
-        touches, self._touched = self._touched, {}
+        touches = self._index.take_touches()
 
         def close() -> None:
             try:
-                self._db.touch((when, item_id) for item_id, when in touches.items())
+                self._db.touch(touches)
             finally:
                 self._db.close()
 
@@ -241,34 +214,6 @@ class DiskCache(Service):
             lambda failure: log.failure("disk cache {db}: {what} failed", failure,
                                         db=str(self.db_path), what=what))
 
-    # Readers and discarding
-
-    def _hold(self, item_id: int, body) -> HeldBody:
-        self._readers[item_id] = self._readers.get(item_id, 0) + 1
-        return HeldBody(body, lambda alternate: self._hold(item_id, alternate),
-                        lambda: self._release(item_id))
-
-    def _release(self, item_id: int) -> None:
-        left = self._readers.pop(item_id) - 1
-        if left:
-            self._readers[item_id] = left
-        elif item_id in self._doomed:
-            self._doomed.discard(item_id)
-            self._in_background("discarding an item", self._db.discard, [item_id])
-
-    def _discard(self, item_ids: list[int]) -> None:
-        """
-        Remove items from the database now, or once their last reader
-        is done (until then they are orphans, which a restart removes).
-        """
-        now = [item_id for item_id in item_ids if item_id not in self._readers]
-        later = [item_id for item_id in item_ids if item_id in self._readers]
-        if now:
-            self._in_background("discarding items", self._db.discard, now)
-        if later:
-            self._doomed.update(later)
-            self._in_background("orphaning items", self._db.orphan, later)
-
     # IReadableFiles
 
     def get(self, path: str, version: str | None = None, query: str = "") -> Deferred:
@@ -285,16 +230,14 @@ class DiskCache(Service):
                 self.counters.expired += 1
                 entry = None
             else:
-                entry.last_used = now
-                self._touched[entry.item_id] = now
-                self._index.move_to_end(key)
+                self._index.use(key, entry, now)
                 if not self.rules.is_stale(entry.validated_at, now):
                     self.counters.hits += 1
                     return self._open(key, entry)
         fill = self._filling.get(key)
         if fill is not None:
             self.counters.hits += 1
-            return succeed(self._hold(fill.item_id, fill))
+            return succeed(self._readers.hold(fill.item_id, fill))
         error = self._negative.recall(key, now)
         if entry is not None:
             if error is not None:
@@ -311,7 +254,7 @@ class DiskCache(Service):
         return self._flights.run(key, lambda: self._fetch(key)).addCallback(self._claim, key)
 
     def _open(self, key: CacheKey, entry: IndexEntry) -> Deferred:
-        hot = self._hot.get(key)
+        hot = self._index.hot.get(key)
         if hot is not None and hot.stored.change_id == entry.item_id:
             return succeed(self._memory_body(hot))
         d = self._in_reader(self._db.open_item, entry.item_id)
@@ -332,12 +275,12 @@ class DiskCache(Service):
         served = entry is not None and entry.item_id == item_id
         if loaded.data is not None:
             if served:
-                self._hot.add(key, loaded)
+                self._index.hot.add(key, loaded)
             return self._memory_body(loaded)
         if not served:
             # Dropped while it was being opened: its chunks may be gone.
             return self._lookup(key)
-        return self._hold(item_id, StoredBody(loaded.stored, self._read_chunk))
+        return self._readers.hold(item_id, StoredBody(loaded.stored, self._read_chunk))
 
     @staticmethod
     def _memory_body(loaded: LoadedVersion) -> BytesBody:
@@ -355,13 +298,7 @@ class DiskCache(Service):
     # ICache
 
     def flush(self) -> Deferred:
-        held = [entry.item_id for entry in self._index.values()
-                if entry.item_id in self._readers]
-        self._doomed.update(held)
-        self._index.clear()
-        self._hot = SmallFileCache(self._hot.max_bytes)
-        self._touched.clear()
-        self._held = 0
+        held = self._readers.discard_when_read(self._index.clear())
         self._filling.clear()
         self._negative.clear()
         self._generation += 1
@@ -371,12 +308,12 @@ class DiskCache(Service):
         return dict(
             self.counters.as_dict(),
             items=len(self._index),
-            bytes=self._held,
+            bytes=self._index.held,
             filling=len(self._filling),
-            fillingBytes=self._reserved,
+            fillingBytes=self._index.reserved,
             maxSize=self.max_size,
-            hotItems=len(self._hot),
-            hotBytes=self._hot.used_bytes,
+            hotItems=len(self._index.hot),
+            hotBytes=self._index.hot.used_bytes,
         )
 
     # Misses and refreshes
@@ -428,7 +365,7 @@ class DiskCache(Service):
         One waiter's body from what its flight brought.
         """
         if isinstance(result, DiskFill):
-            return self._hold(result.item_id, result)
+            return self._readers.hold(result.item_id, result)
         if isinstance(result, LoadedVersion):
             return self._body(result, key)
         body = result.claim()
@@ -486,30 +423,29 @@ class DiskCache(Service):
             fill.fail(failure)
             self._fill_ended(key, fill)
             if started:
-                self._discard([fill.item_id])
+                self._readers.discard([fill.item_id])
             return
         finally:
             body.close()
         fill.finish()
         self._fill_ended(key, fill)
-        self._discard(written.replaced)
+        self._readers.discard(written.replaced)
         # A flush since the last chunk was sent drops the item.
         if not keep or fill.generation != self._generation:
-            self._discard([fill.item_id])
+            self._readers.discard([fill.item_id])
             return
-        self._forget(key)
-        self._index[key] = IndexEntry(fill.item_id, written.stored, now, now)
-        self._held += written.stored
+        self._index.forget(key)
+        self._index.add(key, IndexEntry(fill.item_id, written.stored, now, now))
         if size <= self._db.small_limit:
             stored = StoredVersion(change_id=fill.item_id, info=fill.info,
                                    chunk_size=chunk_size,
                                    br_size=len(written.br) if written.br else None)
-            self._hot.add(key, LoadedVersion(stored, block, written.br))
+            self._index.hot.add(key, LoadedVersion(stored, block, written.br))
 
     def _fill_ended(self, key: CacheKey, fill: DiskFill) -> None:
         if self._filling.get(key) is fill:
             del self._filling[key]
-        self._reserved -= fill.info.size
+        self._index.release(fill.info.size)
 
     # Room and housekeeping
 
@@ -519,57 +455,30 @@ class DiskCache(Service):
         its chunks take), evicting the least recently used items;
         C{False} when even that is not enough.
         """
-        if self.max_size and self._reserved + size > self.max_size:
+        evicted = self._index.reserve(size)
+        if evicted is None:
             return False
-        evicted = []
-        while self.max_size and self._index and (
-                self._held + self._reserved + size > self.max_size):
-            key, entry = next(iter(self._index.items()))
-            self._forget(key)
-            evicted.append(entry.item_id)
-            self.counters.evictions += 1
-        self._discard(evicted)
-        self._reserved += size
+        self.counters.evictions += len(evicted)
+        self._readers.discard(evicted)
         return True
 
-    def _forget(self, key: CacheKey) -> IndexEntry | None:
-        """
-        Stop serving C{key}; the database is left alone.
-        """
-        entry = self._index.pop(key, None)
-        if entry is not None:
-            self._hot.discard(key)
-            self._touched.pop(entry.item_id, None)
-            self._held -= entry.stored
-        return entry
-
     def _drop(self, key: CacheKey) -> None:
-        entry = self._forget(key)
+        entry = self._index.forget(key)
         if entry is not None:
-            self._discard([entry.item_id])
+            self._readers.discard([entry.item_id])
 
     def _write_touches(self) -> None:
-        if not self._touched:
-            return
-        touches, self._touched = self._touched, {}
-        self._in_background("recording use", self._db.touch,
-                            [(when, item_id) for item_id, when in touches.items()])
+        touches = self._index.take_touches()
+        if touches:
+            self._in_background("recording use", self._db.touch, touches)
 
     def _sweep(self) -> None:
         """
-        Drop the items unused for C{expireUnused}: the LRU order is the
-        order of last use, so they are all at the front.
+        Drop the items unused for C{expireUnused}.
         """
-        now = self._clock.seconds()
-        expired = []
-        while self._index:
-            key, entry = next(iter(self._index.items()))
-            if not self.rules.is_unused(entry.last_used, now):
-                break
-            self._forget(key)
-            expired.append(entry.item_id)
-            self.counters.expired += 1
-        self._discard(expired)
+        expired = self._index.forget_unused(self.rules.is_unused, self._clock.seconds())
+        self.counters.expired += len(expired)
+        self._readers.discard(expired)
 
 
 def build(service_config, context) -> DiskCache:

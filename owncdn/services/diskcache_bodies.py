@@ -1,7 +1,9 @@
 """
 The bodies a disk cache hands its clients for items read from its
 database: a fill in progress (L{DiskFill}), and a hold on an item's
-chunks for as long as a client reads them (L{HeldBody}).
+chunks for as long as a client reads them (L{HeldBody}, counted by
+L{ItemReaders}, which discards an item once it is neither served nor
+read).
 """
 
 from collections.abc import Callable
@@ -151,3 +153,62 @@ class HeldBody:
             release, self._release = self._release, None
             self._body.close()
             release()
+
+
+class ItemReaders:
+    """
+    Which items clients are reading, and the discarding of items that
+    are no longer served: such an item goes from the database at once,
+    or once its last reader is done (until then it is an orphan, which
+    a restart removes), so no download is cut short.
+
+    @param discard: removes items from the database, in the background.
+    @param orphan: marks items as no longer served, keeping their
+        chunks, in the background.
+    """
+
+    def __init__(self, discard: Callable[[list[int]], None],
+                 orphan: Callable[[list[int]], None]):
+        self._remove = discard
+        self._orphan = orphan
+        self._count: dict[int, int] = {}
+        self._doomed: set[int] = set()
+
+    def hold(self, item_id: int, body) -> HeldBody:
+        """
+        A client's C{body} of item C{item_id}, which holds the item's
+        chunks until it is closed.
+        """
+        self._count[item_id] = self._count.get(item_id, 0) + 1
+        return HeldBody(body, lambda alternate: self.hold(item_id, alternate),
+                        lambda: self._release(item_id))
+
+    def _release(self, item_id: int) -> None:
+        left = self._count.pop(item_id) - 1
+        if left:
+            self._count[item_id] = left
+        elif item_id in self._doomed:
+            self._doomed.discard(item_id)
+            self._remove([item_id])
+
+    def discard(self, item_ids: list[int]) -> None:
+        """
+        Remove items from the database now, or once their last reader
+        is done.
+        """
+        now = [item_id for item_id in item_ids if item_id not in self._count]
+        later = [item_id for item_id in item_ids if item_id in self._count]
+        if now:
+            self._remove(now)
+        if later:
+            self._doomed.update(later)
+            self._orphan(later)
+
+    def discard_when_read(self, item_ids: list[int]) -> list[int]:
+        """
+        Of C{item_ids}, those being read: each is removed once its last
+        reader is done, and the caller orphans them itself.
+        """
+        held = [item_id for item_id in item_ids if item_id in self._count]
+        self._doomed.update(held)
+        return held
