@@ -19,6 +19,7 @@ from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
 from owncdn.interfaces import IChangeLog, IReadableFiles, IVersionedFiles, IWritableFiles
 from owncdn.storage import DeleteMarkerVersion
 from owncdn.storage.chunks import CHUNK_SIZE
+from tests.util import read_all
 
 TEXT = b"body { color: #333; margin: 0 auto; }\n" * 400
 # Listing order is UTF-8 byte order: U+FFFF sorts before U+1F600 here,
@@ -36,17 +37,8 @@ class FileServiceContractMixin:
     def put(self, path: str, data: bytes, **kwargs):
         return self.successResultOf(self.files.put(path, io.BytesIO(data), **kwargs))
 
-    def read_all(self, body) -> bytes:
-        pieces, offset = [], 0
-        while True:
-            piece = self.successResultOf(body.read(offset, 1 << 40))
-            if not piece:
-                return b"".join(pieces)
-            pieces.append(piece)
-            offset += len(piece)
-
     def fetch(self, path: str, version: str | None = None) -> bytes:
-        return self.read_all(self.successResultOf(self.files.get(path, version)))
+        return read_all(self, self.successResultOf(self.files.get(path, version)))
 
     def test_interfaces(self):
         """The store provides every interface of a versioned file service."""
@@ -65,7 +57,7 @@ class FileServiceContractMixin:
         self.assertEqual(info.modified, self.clock.seconds())
         body = self.successResultOf(self.files.get("css/site.css"))
         self.assertEqual(body.info, info)
-        self.assertEqual(self.read_all(body), TEXT)
+        self.assertEqual(read_all(self, body), TEXT)
 
     def test_empty_file(self):
         """An empty file round-trips as zero bytes and reads as b''."""
@@ -243,13 +235,13 @@ class FileServiceContractMixin:
         self.assertEqual((info.path, info.content_type), ("dir/photo.jpg", "image/jpeg"))
         self.successResultOf(files.put("DIR/photo.jpg", io.BytesIO(b"two")))
         body = self.successResultOf(files.get("dir/PHOTO.jpg"))
-        self.assertEqual(self.read_all(body), b"two")
+        self.assertEqual(read_all(self, body), b"two")
         listed = self.successResultOf(files.versions("Dir/Photo.jpg"))
         self.assertEqual(len(listed), 2)
         infos, _ = self.successResultOf(files.list("DIR/", None, 10))
         self.assertEqual([i.path for i in infos], ["dir/photo.jpg"])
         self.successResultOf(files.put("Q?Size=Big", io.BytesIO(b"q")))
-        self.assertEqual(self.read_all(self.successResultOf(files.get("q?Size=Big"))), b"q")
+        self.assertEqual(read_all(self, self.successResultOf(files.get("q?Size=Big"))), b"q")
         self.failureResultOf(files.get("q?size=big"), NoSuchFile)
         self.successResultOf(files.delete("DIR/PHOTO.JPG"))
         self.failureResultOf(files.get("dir/photo.jpg"), NoSuchFile)
@@ -284,7 +276,7 @@ class FileServiceContractMixin:
         body = self.successResultOf(self.files.get("style.css"))
         self.assertIsNone(body.alternate("gzip"))
         encoded = body.alternate("br")
-        stream = self.read_all(encoded)
+        stream = read_all(self, encoded)
         self.assertEqual(encoded.info.size, len(stream))
         self.assertLess(len(stream), len(TEXT))
         self.assertEqual(brotli.decompress(stream), TEXT)
@@ -304,7 +296,7 @@ class FileServiceContractMixin:
         source.delete("r/x")
         source.put("r/y", io.BytesIO(b"yy"))
         for change in self.successResultOf(source.changes_after(0, 10)):
-            data = self.read_all(self.successResultOf(
+            data = read_all(self, self.successResultOf(
                 source.get(change.path, change.version))) if change.op == "put" else None
             self.successResultOf(self.files.apply_change(
                 change, None if data is None else io.BytesIO(data), source.dbid))

@@ -37,7 +37,7 @@ from owncdn.storage import SMALL_FILE_LIMIT
 from owncdn.storage.chunks import CHUNK_SIZE
 from owncdn.testing import InlineThreadPool, MemoryFiles, ThreadlessClock
 from tests import test_memorycache as memory
-from tests.test_httpfetcher import read_all
+from tests.util import read_all
 from tests.util import asynctest
 
 MiB = 1024 * 1024

@@ -26,7 +26,7 @@ from owncdn.services.filesystem import TEMP_PREFIX, XATTR, FileSystem
 from owncdn.storage import SMALL_FILE_LIMIT
 from owncdn.testing import InlineThreadPool, ThreadlessClock
 from tests.storage_contract import PATHS, TEXT
-from tests.test_httpfetcher import read_all
+from tests.util import read_all
 
 
 class Exploding(io.RawIOBase):

@@ -32,6 +32,7 @@ from owncdn.services.httpfetcher import (
     origin_info,
     origin_url,
 )
+from tests.util import read_all
 
 BASE = "http://origin.example/static/"
 
@@ -86,16 +87,6 @@ class Origin(Resource):
             request.setResponseCode(304)
             return b""
         return body
-
-
-def read_all(case, body) -> bytes:
-    parts, offset = [], 0
-    while True:
-        part = case.successResultOf(body.read(offset, 1 << 20))
-        if not part:
-            return b"".join(parts)
-        parts.append(part)
-        offset += len(part)
 
 
 class FetcherTests(SynchronousTestCase):

@@ -37,7 +37,7 @@ from owncdn.services.imageoptimizer import (
 from owncdn.state import DaemonState
 from owncdn.testing import InlineThreadPool, MemoryFiles, ThreadlessClock
 from owncdn.web.dispatcher import Dispatcher
-from tests.test_httpfetcher import read_all
+from tests.util import read_all
 from tests.test_memorycache import CountingSource
 
 HOSTILE_QUERIES = [

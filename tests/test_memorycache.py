@@ -32,7 +32,8 @@ from owncdn.services.httpfetcher import HTTPFetcher
 from owncdn.services.memorycache import MemoryCache
 from owncdn.storage.bodies import BytesBody
 from owncdn.testing import MemoryFiles
-from tests.test_httpfetcher import Origin, read_all
+from tests.test_httpfetcher import Origin
+from tests.util import read_all
 
 MiB = 1024 * 1024
 

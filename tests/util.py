@@ -14,3 +14,20 @@ def asynctest(f):
     run.__name__ = f.__name__
     run.__doc__ = f.__doc__
     return run
+
+
+def read_all(case, body) -> bytes:
+    """
+    The whole content of an L{IFileBody} whose reads fire at once (fakes,
+    inline thread pools), read forward as the web layer reads it.
+
+    @param case: the running test, whose C{successResultOf} checks each
+        read fired.
+    """
+    parts, offset = [], 0
+    while True:
+        part = case.successResultOf(body.read(offset, 1 << 20))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        offset += len(part)
