@@ -264,6 +264,30 @@ class IRevalidatable(Interface):
         """
 
 
+class IHeadable(Interface):
+    """
+    A service that can describe a file without sending its content,
+    where opening it costs a transfer: HTTP fetchers (a C{HEAD} request
+    to the origin), and caches in front of one (a held item answers as
+    L{IReadableFiles.get} does; on a miss they ask their source's
+    C{head} and keep nothing, so a C{HEAD} never downloads an item).
+
+    Called by the web layer (public bindings, C{getfile}) for a client's
+    C{HEAD}; a service without it is asked with L{IReadableFiles.get}
+    and its body is closed unread.
+    """
+
+    def head(path: str, version: str | None = None, query: str = ""):
+        """
+        Describe one file, as L{IReadableFiles.get} would open it.
+
+        @return: a Deferred that fires with an L{IFileBody} whose
+            C{info} is the file's (its C{size} included); its content
+            may not be readable (a read may fail), so callers send only
+            headers.  Fails as L{IReadableFiles.get} does.
+        """
+
+
 class ICache(Interface):
     """
     A cache service (memory or disk).

@@ -56,7 +56,8 @@ class Origin(Resource):
     """
     The origin web server: C{files} maps a path to its bytes (ETag: MD5);
     paths in C{holding} send a third of their body and wait for
-    L{release}.  C{requests} and C{not_modified} count per path.
+    L{release}.  C{requests}, C{heads} (the C{HEAD} requests among
+    them) and C{not_modified} count per path.
     """
 
     isLeaf = True
@@ -67,11 +68,14 @@ class Origin(Resource):
         self.holding: set[str] = set()
         self.held: list = []
         self.requests: Counter = Counter()
+        self.heads: Counter = Counter()
         self.not_modified: Counter = Counter()
 
     def render_GET(self, request):
         path = request.path.decode()
         self.requests[path] += 1
+        if request.method == b"HEAD":
+            self.heads[path] += 1
         data = self.files.get(path)
         if data is None:
             request.setResponseCode(404)
@@ -369,3 +373,33 @@ class InProcessChainTests(TestCase):
         await get(url + "/f39")
         await get(url + "/f0")
         self.assertEqual((self.origin.requests["/f39"], self.origin.requests["/f0"]), (1, 2))
+
+    @asynctest
+    async def test_head_asks_the_origin_head(self):
+        """A HEAD on an uncached item is a HEAD to the origin: right headers and Content-Length, nothing downloaded or cached; after a GET it is a hit."""
+        url = await self.chain()
+        big = bytes(range(256)) * (12 * 1024)
+        self.origin.files["/big.bin"] = big
+        self.origin.files["/site.css"] = b"body { color: red }\n" * 40
+        response = await treq.head(url + "/big.bin", persistent=False, timeout=WAIT)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-length"), [str(len(big))])
+        self.assertEqual(response.headers.getRawHeaders("etag"),
+                         [f'"{hashlib.md5(big).hexdigest()}"'])
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/plain"])
+        self.assertEqual(await treq.content(response), b"")
+        self.assertEqual((self.origin.requests["/big.bin"], self.origin.heads["/big.bin"]), (1, 1))
+        self.assertEqual(self.cache.stats()["items"], 0)
+
+        response = await treq.head(url + "/site.css", persistent=False, timeout=WAIT)
+        self.assertEqual(response.headers.getRawHeaders("content-length"), ["800"])
+        self.assertEqual(self.cache.stats()["items"], 0)
+        self.assertEqual((await get(url + "/site.css"))[1], self.origin.files["/site.css"])
+        response = await treq.head(url + "/site.css", persistent=False, timeout=WAIT)
+        self.assertEqual((response.code, response.headers.getRawHeaders("content-length")),
+                         (200, ["800"]))
+        self.assertEqual((self.origin.requests["/site.css"], self.origin.heads["/site.css"]),
+                         (2, 1))
+        response = await treq.head(url + "/missing", persistent=False, timeout=WAIT)
+        self.assertEqual(response.code, 404)
+        self.assertEqual(self.origin.heads["/missing"], 1)

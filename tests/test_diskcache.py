@@ -137,6 +137,10 @@ class RefreshTests(DiskCacheMixin, memory.RefreshTests):
     pass
 
 
+class HeadTests(DiskCacheMixin, memory.HeadTests):
+    pass
+
+
 class ExpiryTests(DiskCacheMixin, memory.ExpiryTests):
     def test_sweep_frees_memory(self):
         """The running service sweeps unused items out of the database without being asked."""

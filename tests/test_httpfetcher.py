@@ -21,11 +21,12 @@ from zope.interface.verify import verifyObject
 
 from owncdn.config import ConfigError, parse
 from owncdn.errors import InvalidPath, NoSuchFile, NoSuchVersion, NotSupported, SourceError
-from owncdn.interfaces import FileInfo, IReadableFiles, IRevalidatable
+from owncdn.interfaces import FileInfo, IHeadable, IReadableFiles, IRevalidatable
 from owncdn.registry import ServiceContext, ServiceRegistry
 from owncdn.services import httpfetcher
 from owncdn.services.httpfetcher import (
     HIGH_WATER,
+    HeadBody,
     HTTPFetcher,
     IdentityAgent,
     OriginBody,
@@ -42,7 +43,8 @@ class Origin(Resource):
     An origin web server: C{files} maps a request path to C{(body,
     headers)}; C{status} answers a path with a bare status; C{hang}
     paths never answer; C{partial} paths announce more than they send
-    and stay open.  Every request is recorded.
+    and stay open; C{no_head} paths answer C{HEAD} with 405.  Every
+    request is recorded.
     """
 
     isLeaf = True
@@ -55,6 +57,14 @@ class Origin(Resource):
         self.partial: dict[bytes, tuple[int, bytes]] = {}
         self.requests: list = []
         self.open_requests: list = []
+        self.no_head: set[bytes] = set()
+
+    def render_HEAD(self, request):
+        if request.path in self.no_head:
+            self.requests.append(request)
+            request.setResponseCode(405)
+            return b""
+        return self.render_GET(request)
 
     def render_GET(self, request):
         self.requests.append(request)
@@ -108,9 +118,10 @@ class FetcherTests(SynchronousTestCase):
         return d
 
     def test_interfaces(self):
-        """The fetcher is a readable, revalidatable file service."""
+        """The fetcher is a readable, revalidatable file service that answers HEAD."""
         self.assertTrue(verifyObject(IReadableFiles, self.fetcher))
         self.assertTrue(verifyObject(IRevalidatable, self.fetcher))
+        self.assertTrue(verifyObject(IHeadable, self.fetcher))
 
     def test_get_passes_body_and_headers(self):
         """A 200 becomes a body with the origin's bytes, type, ETag and Last-Modified."""
@@ -303,6 +314,38 @@ class FetcherTests(SynchronousTestCase):
     def test_version_refused(self):
         """An origin has no versions."""
         self.failureResultOf(self.fetcher.get("a", "v1"), NoSuchVersion)
+        self.failureResultOf(self.fetcher.head("a", "v1"), NoSuchVersion)
+
+    def head(self, path):
+        d = self.fetcher.head(path)
+        self.stub.flush()
+        return d
+
+    def test_head(self):
+        """head() is a HEAD to the origin: the file's size, type and ETag, and no content."""
+        self.origin.files[b"/static/big.bin"] = (b"x" * 5000, {
+            b"content-type": b"application/x-big", b"etag": b'"v1"'})
+        body = self.successResultOf(self.head("big.bin"))
+        self.assertEqual([r.method for r in self.origin.requests], [b"HEAD"])
+        self.assertIsInstance(body, HeadBody)
+        self.assertEqual((body.info.size, body.info.content_type, body.info.etag),
+                         (5000, "application/x-big", "v1"))
+        self.failureResultOf(body.read(0, 10), IOError)
+        self.assertIsNone(body.alternate("br"))
+
+    def test_head_not_found_remembered(self):
+        """The origin's 404 to a HEAD is NoSuchFile, remembered for cacheNotFound like a GET's."""
+        self.failureResultOf(self.head("missing"), NoSuchFile)
+        self.failureResultOf(self.get("missing"), NoSuchFile)
+        self.assertEqual(len(self.origin.requests), 1)
+
+    def test_head_refused_falls_back_to_get(self):
+        """An origin that answers HEAD with 405 is asked with GET."""
+        self.origin.files[b"/static/a"] = (b"abc", {})
+        self.origin.no_head.add(b"/static/a")
+        body = self.successResultOf(self.head("a"))
+        self.assertEqual([r.method for r in self.origin.requests], [b"HEAD", b"GET"])
+        self.assertEqual((body.info.size, read_all(self, body)), (3, b"abc"))
 
     def test_list_not_supported(self):
         """An origin web server cannot be listed."""

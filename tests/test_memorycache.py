@@ -24,7 +24,7 @@ from zope.interface.verify import verifyObject
 
 from owncdn.config import parse
 from owncdn.errors import NoSuchFile, NoSuchVersion, SourceError
-from owncdn.interfaces import FileInfo, ICache, IFileBody, IReadableFiles
+from owncdn.interfaces import FileInfo, ICache, IFileBody, IHeadable, IReadableFiles
 from owncdn.registry import ServiceContext, ServiceRegistry
 from owncdn.services import memorycache
 from owncdn.services.cachepolicy import CacheRules
@@ -553,6 +553,48 @@ class RefreshTests(CacheTestCase):
         self.clock.advance(1)
         self.assertEqual(self.origin_fetch(cache, "a"), b"one")
         self.assertEqual(len(self.origin.requests), 3)
+
+
+class HeadTests(CacheTestCase):
+    def make_origin(self):
+        self.origin = Origin()
+        self.stub = StubTreq(self.origin)
+        fetcher = HTTPFetcher("http://origin.example/", reactor=self.clock, http=self.stub)
+        return self.make_cache(fetcher)
+
+    def flushed(self, d):
+        self.stub.flush()
+        return self.successResultOf(d)
+
+    def test_interfaces(self):
+        """The cache answers HEAD."""
+        self.assertTrue(verifyObject(IHeadable, self.cache))
+
+    def test_miss_asks_the_source_head(self):
+        """A HEAD on an item the cache lacks is the origin's HEAD and caches nothing; once a GET filled it, a HEAD is a hit."""
+        cache = self.make_origin()
+        self.origin.files[b"/big"] = (b"x" * 3000, {b"etag": b'"v1"'})
+        body = self.flushed(cache.head("big"))
+        body.close()
+        self.assertEqual((body.info.size, body.info.etag), (3000, "v1"))
+        self.assertEqual([r.method for r in self.origin.requests], [b"HEAD"])
+        stats = cache.stats()
+        self.assertEqual((stats["items"], stats["misses"], stats["sourceRequests"]), (0, 1, 1))
+        self.assertEqual(read_all(self, self.flushed(cache.get("big"))), b"x" * 3000)
+        body = self.successResultOf(cache.head("big"))
+        body.close()
+        self.assertEqual(body.info.size, 3000)
+        self.assertEqual([r.method for r in self.origin.requests], [b"HEAD", b"GET"])
+        self.assertEqual(cache.stats()["items"], 1)
+
+    def test_source_without_head(self):
+        """Over a source that cannot describe a file without sending it, a HEAD fills the cache as a GET does."""
+        self.put("a", b"abc")
+        body = self.successResultOf(self.cache.head("a"))
+        self.assertEqual(read_all(self, body), b"abc")
+        body.close()
+        self.assertEqual(self.source.gets, [("a", "")])
+        self.assertEqual(self.cache.stats()["items"], 1)
 
 
 class ExpiryTests(CacheTestCase):

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from owncdn.errors import NoSuchFile, OwnCDNError
-from owncdn.interfaces import FileInfo, IRevalidatable
+from owncdn.interfaces import FileInfo, IHeadable, IRevalidatable
 from owncdn.paths import fold_case
 
 # A cache key: the path as the cache stores it, and the query.  A tuple
@@ -243,6 +243,30 @@ def revalidate(source, path: str, query: str, held: FileInfo) -> Deferred:
         return body
 
     return source.get(path, query=query).addCallback(compare)
+
+
+class HeadsFromSource:
+    """
+    L{IHeadable.head} for a cache service.  An item the cache holds,
+    fills or remembers a refusal of, or one wanted while a miss for it
+    is already on its way, is answered as C{get} answers it.  Otherwise,
+    when the source is L{IHeadable}, the source's own C{head} answers
+    and the cache keeps nothing of it: a C{HEAD} never downloads an item
+    into the cache.  A source that cannot describe a file without
+    sending it is asked as for C{get} (and the item cached).
+
+    The cache provides C{source}, C{rules}, C{counters}, C{get},
+    C{_refused(failure, key)} and C{_knows(key)}.
+    """
+
+    def head(self, path: str, version: str | None = None, query: str = "") -> Deferred:
+        key = self.rules.key(path, query)
+        if version is not None or not IHeadable.providedBy(self.source) or self._knows(key):
+            return self.get(path, version, query)
+        self.counters.misses += 1
+        self.counters.source_requests += 1
+        d = self.source.head(self.rules.source_path_of(key), query=key[1])
+        return d.addErrback(self._refused, key)
 
 
 @dataclass

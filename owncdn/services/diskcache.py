@@ -38,12 +38,13 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from owncdn.errors import NoSuchVersion, OwnCDNError, SourceError
-from owncdn.interfaces import ICache, IReadableFiles
+from owncdn.interfaces import ICache, IHeadable, IReadableFiles
 from owncdn.paths import fold_case
 from owncdn.services.cachepolicy import (
     CacheKey,
     CacheRules,
     CacheStats,
+    HeadsFromSource,
     NegativeCache,
     PassThrough,
     SingleFlight,
@@ -77,8 +78,8 @@ class CacheClosed(Exception):
     """
 
 
-@implementer(IReadableFiles, ICache)
-class DiskCache(Service):
+@implementer(IReadableFiles, IHeadable, ICache)
+class DiskCache(HeadsFromSource, Service):
     """
     @param source: the service items come from (any L{IReadableFiles};
         L{owncdn.interfaces.IRevalidatable} sources are revalidated by
@@ -285,6 +286,10 @@ class DiskCache(Service):
     @staticmethod
     def _memory_body(loaded: LoadedVersion) -> BytesBody:
         return BytesBody(loaded.stored.info, loaded.data, loaded.stored.chunk_size, loaded.br)
+
+    def _knows(self, key: CacheKey) -> bool:
+        return (self._index.get(key) is not None or key in self._filling or key in self._flights
+                or self._negative.recall(key, self._clock.seconds()) is not None)
 
     def list(self, prefix: str, after: str | None, limit: int) -> Deferred:
         """

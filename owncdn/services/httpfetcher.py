@@ -11,6 +11,11 @@ never keeps it and the client's response is aborted, never completed
 with wrong bytes.  The origin's 404 and errors are remembered for
 C{cacheNotFound} / C{cacheErrors} seconds.
 
+A client's C{HEAD} (L{HTTPFetcher.head}) becomes a C{HEAD} to the
+origin, answered with a L{HeadBody} that carries only the file's
+description: the origin sends no body.  An origin that refuses C{HEAD}
+(405, 501) or does not give the size is asked with C{GET} instead.
+
 We ask for the identity coding only: treq always offers gzip and
 decodes it, which would hide the body's size; see L{IdentityAgent}.
 """
@@ -41,7 +46,7 @@ from zope.interface import implementer
 
 from owncdn.config import ConfigError
 from owncdn.errors import InvalidPath, NoSuchFile, NoSuchVersion, NotSupported, SourceError
-from owncdn.interfaces import FileInfo, IFileBody, IReadableFiles, IRevalidatable
+from owncdn.interfaces import FileInfo, IFileBody, IHeadable, IReadableFiles, IRevalidatable
 from owncdn.services.cachepolicy import NegativeCache, fresh_error
 from owncdn.web.fileresponse import parse_http_date
 
@@ -65,6 +70,8 @@ _QUERY_SAFE = _SEGMENT_SAFE + "/?%"
 _ETAG = re.compile(r'^(?:W/)?"([\x21\x23-\x7e]*)"$')
 # Set on a twisted Response whose connection held bytes past its end.
 _OVERLONG = "owncdn_overlong"
+# What an origin that cannot answer HEAD says; we ask with GET instead.
+_NO_HEAD = (405, 501)
 
 
 def _segment_escapes(segment: str) -> bool:
@@ -420,7 +427,34 @@ class OriginBody(Protocol):
         self._abort(SourceError(f"the origin sent nothing for {self._idle_timeout:g} s"))
 
 
-@implementer(IReadableFiles, IRevalidatable)
+@implementer(IFileBody)
+class HeadBody:
+    """
+    What the origin's answer to a C{HEAD} tells: the file's L{FileInfo},
+    without content.
+    """
+
+    def __init__(self, info: FileInfo):
+        self.info = info
+
+    def read(self, offset: int, length: int) -> Deferred:
+        return fail(IOError("the answer to a HEAD has no content"))
+
+    def alternate(self, encoding: str) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _announced_length(headers: Headers) -> int | None:
+    values = headers.getRawHeaders(b"content-length", [])
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0])
+
+
+@implementer(IReadableFiles, IRevalidatable, IHeadable)
 class HTTPFetcher(Service):
     """
     @param source_url: the origin's base URL, ending with C{/}.
@@ -460,6 +494,18 @@ class HTTPFetcher(Service):
     def list(self, prefix: str, after: str | None, limit: int) -> Deferred:
         return fail(NotSupported("an HTTP origin cannot be listed"))
 
+    # IHeadable
+
+    def head(self, path: str, version: str | None = None, query: str = "") -> Deferred:
+        """
+        A C{HEAD} to the origin: a Deferred that fires with a
+        L{HeadBody}, or with an L{OriginBody} when the origin had to be
+        asked with C{GET}.
+        """
+        if version is not None:
+            return fail(NoSuchVersion("an HTTP origin keeps no versions"))
+        return self._ask(path, query, {}, "HEAD")
+
     # IRevalidatable
 
     def revalidate(self, path: str, held: FileInfo, query: str = "") -> Deferred:
@@ -477,7 +523,7 @@ class HTTPFetcher(Service):
 
     # Fetching
 
-    def _ask(self, path: str, query: str, conditions: dict) -> Deferred:
+    def _ask(self, path: str, query: str, conditions: dict, method: str = "GET") -> Deferred:
         try:
             url = origin_url(self.source_url, path, query)
         except InvalidPath:
@@ -486,11 +532,11 @@ class HTTPFetcher(Service):
         error = self._negative.recall(key, self._reactor.seconds())
         if error is not None:
             return fail(error)
-        return Deferred.fromCoroutine(self._fetch(key, url, conditions))
+        return Deferred.fromCoroutine(self._fetch(key, url, conditions, method))
 
-    async def _fetch(self, key: tuple[str, str], url: str, conditions: dict):
+    async def _fetch(self, key: tuple[str, str], url: str, conditions: dict, method: str):
         try:
-            return await self._request(key[0], url, conditions)
+            return await self._request(key[0], url, conditions, method)
         except NoSuchFile as error:
             self._negative.remember(key, error, self.cache_not_found, self._reactor.seconds())
             raise
@@ -499,9 +545,9 @@ class HTTPFetcher(Service):
             self._negative.remember(key, error, self.cache_errors, self._reactor.seconds())
             raise
 
-    async def _request(self, path: str, url: str, conditions: dict):
+    async def _request(self, path: str, url: str, conditions: dict, method: str = "GET"):
         headers = {b"user-agent": [USER_AGENT], **conditions}
-        d = self._http.request("GET", url, headers=headers, allow_redirects=False,
+        d = self._http.request(method, url, headers=headers, allow_redirects=False,
                                unbuffered=True, reactor=self._reactor)
         d.addTimeout(self.timeout, self._reactor, onTimeoutCancel=_timed_out)
         try:
@@ -513,6 +559,9 @@ class HTTPFetcher(Service):
                 raise defer.CancelledError() from None
             raise SourceError(f"the origin could not be reached: {_describe(error)}") from None
         code = response.code
+        if method == "HEAD" and code in _NO_HEAD:
+            response.deliverBody(_Drain())
+            return await self._request(path, url, conditions)
         if code != 200 and code != 203:
             response.deliverBody(_Drain())
             if code == 304 and conditions:
@@ -525,6 +574,12 @@ class HTTPFetcher(Service):
         if coding and coding.lower() != b"identity":
             response.deliverBody(_Drain())
             raise SourceError(f"the origin sent a {coding.decode('latin-1')}-coded body")
+        if method == "HEAD":
+            response.deliverBody(_Drain())
+            size = _announced_length(response.headers)
+            if size is None:
+                return await self._request(path, url, conditions)
+            return HeadBody(origin_info(path, size, response.headers, self._reactor.seconds()))
         size = None if response.length is UNKNOWN_LENGTH else response.length
         body = OriginBody(getattr(response, "original", response), size, self._reactor,
                           self.timeout)

@@ -30,12 +30,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from owncdn.errors import NoSuchVersion, OwnCDNError, SourceError
-from owncdn.interfaces import FileInfo, ICache, IFileBody, IReadableFiles
+from owncdn.interfaces import FileInfo, ICache, IFileBody, IHeadable, IReadableFiles
 from owncdn.paths import fold_case
 from owncdn.services.cachepolicy import (
     CacheKey,
     CacheRules,
     CacheStats,
+    HeadsFromSource,
     NegativeCache,
     PassThrough,
     SingleFlight,
@@ -198,8 +199,8 @@ class Fill:
         pass
 
 
-@implementer(IReadableFiles, ICache)
-class MemoryCache(Service):
+@implementer(IReadableFiles, IHeadable, ICache)
+class MemoryCache(HeadsFromSource, Service):
     """
     @param source: the service items come from (any L{IReadableFiles};
         L{owncdn.interfaces.IRevalidatable} sources are revalidated by
@@ -276,6 +277,10 @@ class MemoryCache(Service):
             return fail(error)
         self.counters.misses += 1
         return self._flights.run(key, lambda: self._fetch(key)).addCallback(self._claim, key)
+
+    def _knows(self, key: CacheKey) -> bool:
+        return (key in self._entries or key in self._filling or key in self._flights
+                or self._negative.recall(key, self._clock.seconds()) is not None)
 
     def list(self, prefix: str, after: str | None, limit: int) -> Deferred:
         """

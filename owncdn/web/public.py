@@ -7,6 +7,7 @@ from urllib.parse import unquote_to_bytes
 
 from owncdn import errors
 from owncdn.config import ServiceConfig
+from owncdn.interfaces import IHeadable
 from owncdn.paths import normalize_path
 from owncdn.web.cors import answer_preflight
 from owncdn.web.fileresponse import send_file
@@ -89,7 +90,9 @@ class PublicBinding(AsyncResource):
             request.setHeader(b"allow", b"GET, HEAD")
             raise errors.MethodNotAllowed("only GET and HEAD")
         path, query = self._source_request(request)
-        body = await self.state.registry.get(self.options["source"]).get(path, query=query)
+        source = self.state.registry.get(self.options["source"])
+        head = request.method == b"HEAD" and IHeadable.providedBy(source)
+        body = await (source.head if head else source.get)(path, query=query)
         await send_file(request, body, self.headers)
 
     def send_error(self, request, error):

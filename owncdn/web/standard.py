@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from owncdn import errors
-from owncdn.interfaces import ICache, IReadableFiles, IVersionedFiles, IWritableFiles
+from owncdn.interfaces import ICache, IHeadable, IReadableFiles, IVersionedFiles, IWritableFiles
 from owncdn.keys import LEVELS, access_level, require
 from owncdn.paths import normalize_path
 from owncdn.web.fileresponse import send_file
@@ -143,7 +143,8 @@ async def getfile(call: Call):
     version = call.params.get("version")
     if version is not None and not IVersionedFiles.providedBy(service):
         raise errors.NotSupported(f"service {call.sid!r} keeps no versions")
-    body = await service.get(path, version)
+    head = call.request.method == b"HEAD" and IHeadable.providedBy(service)
+    body = await (service.head if head else service.get)(path, version)
     headers = {}
     if body.info.version is not None:
         headers[b"x-owncdn-version"] = body.info.version.encode()
