@@ -324,6 +324,42 @@ class ContainmentTests(FileSystemTestCase):
         self.link("loop", self.root / "loop")
         self.failureResultOf(self.files.get("loop"), NoSuchFile, InvalidPath)
 
+    def swap_after(self, method: str):
+        """
+        Make the service's C{method} (a containment check) swap the
+        folder C{sub} for a link to the outside folder right after it
+        checked a path: the race a check before an open cannot close.
+        """
+        checked = getattr(self.files, method)
+
+        def check_then_swap(path):
+            result = checked(path)
+            (self.root / "sub").rename(self.root / "sub-moved")
+            (self.root / "sub").symlink_to(self.outside)
+            return result
+
+        self.patch(self.files, method, check_then_swap)
+
+    def test_read_swapped_folder(self):
+        """A folder swapped for a link to outside after the path was checked: the read is refused, nothing leaks."""
+        self.put("sub/secret.txt", b"public")
+        self.swap_after("_resolve")
+        self.failureResultOf(self.files.get("sub/secret.txt"), InvalidPath)
+
+    def test_put_swapped_folder(self):
+        """A put whose folder is swapped for a link to outside after the check writes nothing outside."""
+        self.put("sub/a", b"x")
+        self.swap_after("_entry")
+        self.failureResultOf(self.files.put("sub/new.txt", io.BytesIO(b"x")), InvalidPath)
+        self.assertEqual(sorted(p.name for p in self.outside.iterdir()), ["secret.txt"])
+
+    def test_delete_swapped_folder(self):
+        """A delete whose folder is swapped for a link to outside after the check removes nothing outside."""
+        self.put("sub/secret.txt", b"x")
+        self.swap_after("_entry")
+        self.failureResultOf(self.files.delete("sub/secret.txt"), InvalidPath)
+        self.assertEqual((self.outside / "secret.txt").read_bytes(), b"secret")
+
     def test_upload_names_reserved(self):
         """Names of uploads in progress are neither served nor writable."""
         (self.root / f"{TEMP_PREFIX}abc").write_bytes(b"partial")

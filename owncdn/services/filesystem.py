@@ -4,10 +4,19 @@ stored.
 
 Containment: every path is resolved (symbolic links followed, as the
 kernel would) and must stay inside the directory; reads open the
-resolved path with C{O_NOFOLLOW}.  Writes go to a hidden temporary file
-beside the target (same file system, so the rename is atomic), which is
-renamed over the target only once the whole body is on disk and its
-digests match; readers see the old file or the new one, never a part.
+resolved path with C{O_NOFOLLOW}.  A check before an open is not enough
+on its own: a folder of the path could be swapped for a link to
+elsewhere between the check and the open.  So every descriptor is
+checked again once open, by the kernel's name for it
+(C{/proc/self/fd/N}, L{FileSystem._check_opened}): a file read, the
+target of a link being deleted, and the folder a put or delete works
+in.  Puts and deletes then act inside that opened folder only
+(C{dir_fd}), never through its path again.
+
+Writes go to a hidden temporary file beside the target (same file
+system, so the rename is atomic), which is renamed over the target only
+once the whole body is on disk and its digests match; readers see the
+old file or the new one, never a part.
 
 ETags: an upload records the content's MD5 (with its SHA-256, content
 type and metadata) in the extended attribute C{user.owncdn} of the file,
@@ -26,8 +35,8 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -48,6 +57,10 @@ XATTR = "user.owncdn"
 # Uploads in progress; never listed nor served.
 TEMP_PREFIX = ".owncdn-upload-"
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+# Where the kernel names each open descriptor (Linux).
+_FD_NAMES = "/proc/self/fd"
+_HAVE_FD_NAMES = os.path.isdir(_FD_NAMES)
 
 
 def _recorded(fd_or_path, st: os.stat_result) -> dict:
@@ -140,6 +153,37 @@ class FileSystem(Service):
     def _inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root + os.sep)
 
+    def _check_opened(self, fd: int, name: str) -> None:
+        """
+        Make sure the descriptor C{fd}, just opened by the absolute
+        C{name}, is inside the directory, wherever the kernel's walk of
+        C{name} led.  Closes C{fd} when it is not.
+
+        @raise InvalidPath: it is outside.
+        """
+        if _HAVE_FD_NAMES:
+            where = os.readlink(f"{_FD_NAMES}/{fd}")
+        else:
+            # Without /proc the name must still lead to the same file:
+            # a narrower window than a check before the open, not none.
+            where = os.path.realpath(name)
+            opened, named = os.fstat(fd), os.stat(where)
+            if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+                where = ""
+        if not self._inside(where):
+            os.close(fd)
+            raise InvalidPath("the path leads outside the service's directory")
+
+    def _open_folder(self, folder: str) -> int:
+        """
+        A descriptor of C{folder}, checked to be inside the directory.
+
+        @raise NotADirectoryError: C{folder} is not a folder.
+        """
+        fd = os.open(folder, _FOLDER_FLAGS)
+        self._check_opened(fd, folder)
+        return fd
+
     def _resolve(self, path: str) -> str:
         """
         The real path of C{path}, links followed.
@@ -183,6 +227,7 @@ class FileSystem(Service):
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
                 raise NoSuchFile(f"no file {path!r}") from None
             raise
+        self._check_opened(fd, real)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -261,17 +306,32 @@ class FileSystem(Service):
 
     def _put(self, path: str, body: BinaryIO, content_type: str, metadata: dict,
              expected_md5: bytes | None, expected_sha256: bytes | None) -> FileInfo:
-        target = self._entry(path)
-        folder = os.path.dirname(target)
+        folder, name = os.path.split(self._entry(path))
         try:
             os.makedirs(folder, exist_ok=True)
+            folder_fd = self._open_folder(folder)
         except (FileExistsError, NotADirectoryError):
             raise InvalidPath("a folder of the path is a file") from None
-        if os.path.realpath(folder) != folder:
-            raise InvalidPath("the path leads outside the service's directory")
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise InvalidPath("the path is a folder")
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+        try:
+            return self._write(folder_fd, name, path, body, content_type, metadata,
+                               expected_md5, expected_sha256)
+        finally:
+            os.close(folder_fd)
+
+    def _write(self, folder_fd: int, name: str, path: str, body: BinaryIO, content_type: str,
+               metadata: dict, expected_md5: bytes | None,
+               expected_sha256: bytes | None) -> FileInfo:
+        """
+        Write C{body} as C{name} in the open folder C{folder_fd}.
+        """
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+                raise InvalidPath("the path is a folder")
+        except FileNotFoundError:
+            pass
+        temp = TEMP_PREFIX + secrets.token_hex(8)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o600, dir_fd=folder_fd)
         try:
             md5, sha256 = hashlib.md5(), hashlib.sha256()
             with os.fdopen(fd, "wb", closefd=False) as out:
@@ -290,9 +350,12 @@ class FileSystem(Service):
                 os.setxattr(fd, XATTR, json.dumps(record).encode())
             except (OSError, AttributeError):
                 pass  # no extended attributes here: ETags from mtime and size
-            os.replace(temp, target)
+            os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+            # The rename itself survives a power failure only once the
+            # folder is on disk too.
+            os.fsync(folder_fd)
         except BaseException:
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=folder_fd)
             raise
         finally:
             os.close(fd)
@@ -302,23 +365,34 @@ class FileSystem(Service):
         return self._run(self._delete, path)
 
     def _delete(self, path: str) -> FileInfo:
+        """
+        Remove the entry C{path} names (a link itself, not its target,
+        once the target is checked to be an inside file).
+        """
         target = self._entry(path)
+        folder, name = os.path.split(target)
         try:
-            st = os.stat(target, follow_symlinks=False)
+            folder_fd = self._open_folder(folder)
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchFile(f"no file {path!r}") from None
-        if os.path.islink(target):
-            real = os.path.realpath(target)
-            if not self._inside(real):
-                raise InvalidPath("the path leads outside the service's directory")
+        try:
             try:
-                st = os.stat(real)
-            except OSError:
-                raise NoSuchFile(f"no file {path!r}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise NoSuchFile(f"no file {path!r}")
-        info = _info(path, st, _recorded(target, st))
-        os.unlink(target)
+                fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=folder_fd)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise NoSuchFile(f"no file {path!r}") from None
+                raise
+            self._check_opened(fd, target)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NoSuchFile(f"no file {path!r}")
+                info = _info(path, st, _recorded(fd, st))
+            finally:
+                os.close(fd)
+            os.unlink(name, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
         return info
 
 
