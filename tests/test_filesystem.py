@@ -112,6 +112,20 @@ class ReadWriteTests(FileSystemTestCase):
         body.close()
         self.assertEqual(self.pool.jobs, jobs + 1)
 
+    def test_descriptors_closed(self):
+        """Opening, reading and closing files, small and big, and deleting them leave no descriptor open."""
+        self.put("small", b"x" * 100)
+        self.put("big", b"y" * (SMALL_FILE_LIMIT + 1))
+        self.put("gone", b"z")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            for path in ("small", "big"):
+                body = self.successResultOf(self.files.get(path))
+                read_all(self, body)
+                body.close()
+        self.successResultOf(self.files.delete("gone"))
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
     def test_large_file_streams(self):
         """A large file is read block by block in the pool, from the descriptor opened at get."""
         data = os.urandom(filesystem.BLOCK * 2 + 10)

@@ -57,6 +57,7 @@ XATTR = "user.owncdn"
 # Uploads in progress; never listed nor served.
 TEMP_PREFIX = ".owncdn-upload-"
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_FOLLOW_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 _FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 # Where the kernel names each open descriptor (Linux).
 _FD_NAMES = "/proc/self/fd"
@@ -221,24 +222,41 @@ class FileSystem(Service):
         if path.rpartition("/")[2].startswith(TEMP_PREFIX):
             raise NoSuchFile(f"no file {path!r}")
         real = self._resolve(path)
+        fd, info = self._open_file(real, real, path, _OPEN_FLAGS)
+        if info.size > SMALL_FILE_LIMIT:
+            return DiskFile(info, fd, None, self._run)
         try:
-            fd = os.open(real, _OPEN_FLAGS)
+            return DiskFile(info, None, _read_all(fd, info.size), self._run)
+        finally:
+            os.close(fd)
+
+    def _open_file(self, name: str, absolute: str, path: str, flags: int,
+                   folder_fd: int | None = None) -> tuple[int, FileInfo]:
+        """
+        Open the regular file C{name} (relative to C{folder_fd} if
+        given; C{absolute} is the same name from the root), checked to
+        be inside the directory.
+
+        @return: the descriptor and the L{FileInfo} of C{path}.
+        @raise NoSuchFile: there is no such file (or it is a folder, a
+            FIFO, a dangling link, a link loop).
+        @raise InvalidPath: it is outside the directory.
+        """
+        try:
+            fd = os.open(name, flags, dir_fd=folder_fd)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
                 raise NoSuchFile(f"no file {path!r}") from None
             raise
-        self._check_opened(fd, real)
+        self._check_opened(fd, absolute)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise NoSuchFile(f"no file {path!r}")
-            info = _info(path, st, _recorded(fd, st))
-            if st.st_size <= SMALL_FILE_LIMIT:
-                return DiskFile(info, None, _read_all(fd, st.st_size), self._run)
+            return fd, _info(path, st, _recorded(fd, st))
         except BaseException:
             os.close(fd)
             raise
-        return DiskFile(info, fd, None, self._run)
 
     def list(self, prefix: str, after: str | None, limit: int) -> Deferred:
         return self._run(self._list, prefix, after, limit)
@@ -376,20 +394,10 @@ class FileSystem(Service):
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchFile(f"no file {path!r}") from None
         try:
-            try:
-                fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=folder_fd)
-            except OSError as e:
-                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    raise NoSuchFile(f"no file {path!r}") from None
-                raise
-            self._check_opened(fd, target)
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise NoSuchFile(f"no file {path!r}")
-                info = _info(path, st, _recorded(fd, st))
-            finally:
-                os.close(fd)
+            # Links followed: a link is deleted only if it leads to a
+            # file inside.
+            fd, info = self._open_file(name, target, path, _FOLLOW_FLAGS, folder_fd)
+            os.close(fd)
             os.unlink(name, dir_fd=folder_fd)
         finally:
             os.close(folder_fd)
