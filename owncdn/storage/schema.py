@@ -31,6 +31,18 @@ BUSY_TIMEOUT_MS = 10_000
 # checkpoint the WAL file is truncated back to this size.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
+# The columns of the changes table after its version, alike in every
+# schema version.
+_CHANGES_TAIL = """\
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    sha256 TEXT,
+    content_type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    superseded REAL,
+    pruned INTEGER NOT NULL DEFAULT 0"""
+
 # The indexes of the changes table in every schema version besides
 # changes_by_path: by time, and partial indexes that keep each pruning
 # pass proportional to what it prunes, not to the size of the log.
@@ -67,14 +79,7 @@ CREATE TABLE changes (
     op TEXT NOT NULL CHECK (op IN ('put', 'delete')),
     path TEXT NOT NULL,
     version TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    etag TEXT NOT NULL,
-    sha256 TEXT,
-    content_type TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    superseded REAL,
-    pruned INTEGER NOT NULL DEFAULT 0
+{_CHANGES_TAIL}
 );
 CREATE INDEX changes_by_path ON changes (path, id);
 {_CHANGES_INDEXES}
@@ -132,14 +137,7 @@ CREATE TABLE changes_v2 (
     op TEXT NOT NULL CHECK (op IN ('put', 'delete', 'purge')),
     path TEXT NOT NULL,
     version TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    etag TEXT NOT NULL,
-    sha256 TEXT,
-    content_type TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    superseded REAL,
-    pruned INTEGER NOT NULL DEFAULT 0
+{_CHANGES_TAIL}
 );
 INSERT INTO changes_v2 SELECT id, time, op, path, version, size, etag, sha256,
     content_type, metadata, chunk_size, superseded, pruned FROM changes;
