@@ -21,6 +21,7 @@ from owncdn.configschema import (  # noqa: F401 (ConfigError and the parsers are
     REQUIRED,
     SERVICE_FIELDS,
     ConfigError,
+    no_unknown_fields,
     string_value,
     url_value,
     parse_duration,
@@ -213,9 +214,7 @@ def parse(raw) -> Config:
     sources = []
     for index, item in enumerate(_object_list(raw, "replicationSources")):
         where = f"replicationSources[{index}]"
-        unknown = set(item) - {"id", "name", "url", "key"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
+        no_unknown_fields(item, {"id", "name", "url", "key"}, where)
         sid = _check_id(item.get("id"), f"{where}.id", seen_sources)
         if "key" not in item:
             raise ConfigError(f"{where}.key: missing")
@@ -240,9 +239,7 @@ def parse(raw) -> Config:
     keys = []
     for index, item in enumerate(_object_list(raw, "keys")):
         where = f"keys[{index}]"
-        unknown = set(item) - {"id", "value", "access", "name"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
+        no_unknown_fields(item, {"id", "value", "access", "name"}, where)
         kid = _check_id(item.get("id"), f"{where}.id", seen_keys)
         if "name" in item:
             string_value(item["name"], f"{where} ({kid}).name")

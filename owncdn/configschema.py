@@ -140,12 +140,20 @@ def _seconds(value, where):
     return int(parse_duration(value, where))
 
 
+def no_unknown_fields(value: dict, known: set, where: str) -> None:
+    """
+    @raise ConfigError: naming the first (in sorted order) field of
+        C{value} that is not in C{known}.
+    """
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
+
+
 def _replica(value, where):
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: must be an object with source and sid")
-    unknown = set(value) - {"source", "sid"}
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field")
+    no_unknown_fields(value, {"source", "sid"}, where)
     for name in ("source", "sid"):
         if name not in value:
             raise ConfigError(f"{where}.{name}: missing")
