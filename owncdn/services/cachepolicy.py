@@ -245,21 +245,41 @@ def revalidate(source, path: str, query: str, held: FileInfo) -> Deferred:
     return source.get(path, query=query).addCallback(compare)
 
 
-class HeadsFromSource:
+class SourceRequests:
     """
-    L{IHeadable.head} for a cache service.  An item the cache holds,
-    fills or remembers a refusal of, or one wanted while a miss for it
-    is already on its way, is answered as C{get} answers it.  Otherwise,
-    when the source is L{IHeadable}, the source's own C{head} answers
-    and the cache keeps nothing of it: a C{HEAD} never downloads an item
-    into the cache.  A source that cannot describe a file without
-    sending it is asked as for C{get} (and the item cached).
+    How a cache service asks its source: for a miss (L{_fetch}, whose
+    body goes to the cache's C{_start_fill}), remembering what the
+    source refused (L{_refused}), and for a C{HEAD} (L{head}).
 
     The cache provides C{source}, C{rules}, C{counters}, C{get},
-    C{_refused(failure, key)} and C{_knows(key)}.
+    C{_clock}, C{_negative}, C{_start_fill(body, key)} and
+    C{_knows(key)} (whether it holds, fills, remembers a refusal of, or
+    is already fetching C{key}).
     """
 
+    def _get_from_source(self, key: CacheKey) -> Deferred:
+        self.counters.source_requests += 1
+        return self.source.get(self.rules.source_path_of(key), query=key[1])
+
+    def _fetch(self, key: CacheKey) -> Deferred:
+        return self._get_from_source(key).addCallbacks(
+            self._start_fill, self._refused, callbackArgs=(key,), errbackArgs=(key,))
+
+    def _refused(self, failure: Failure, key: CacheKey) -> Failure:
+        seconds = self.rules.remember_for(failure.value)
+        if seconds:
+            self._negative.remember(key, failure.value, seconds, self._clock.seconds())
+        return failure
+
     def head(self, path: str, version: str | None = None, query: str = "") -> Deferred:
+        """
+        L{IHeadable.head}: an item the cache knows (L{_knows}) is
+        answered as C{get} answers it.  Otherwise, when the source is
+        L{IHeadable}, the source's own C{head} answers and the cache
+        keeps nothing of it: a C{HEAD} never downloads an item into the
+        cache.  A source that cannot describe a file without sending it
+        is asked as for C{get} (and the item cached).
+        """
         key = self.rules.key(path, query)
         if version is not None or not IHeadable.providedBy(self.source) or self._knows(key):
             return self.get(path, version, query)

@@ -44,7 +44,7 @@ from owncdn.services.cachepolicy import (
     CacheKey,
     CacheRules,
     CacheStats,
-    HeadsFromSource,
+    SourceRequests,
     NegativeCache,
     PassThrough,
     SingleFlight,
@@ -79,7 +79,7 @@ class CacheClosed(Exception):
 
 
 @implementer(IReadableFiles, IHeadable, ICache)
-class DiskCache(HeadsFromSource, Service):
+class DiskCache(SourceRequests, Service):
     """
     @param source: the service items come from (any L{IReadableFiles};
         L{owncdn.interfaces.IRevalidatable} sources are revalidated by
@@ -323,12 +323,6 @@ class DiskCache(HeadsFromSource, Service):
 
     # Misses and refreshes
 
-    def _fetch(self, key: CacheKey) -> Deferred:
-        self.counters.source_requests += 1
-        d = self.source.get(self.rules.source_path_of(key), query=key[1])
-        return d.addCallbacks(self._start_fill, self._refused, callbackArgs=(key,),
-                              errbackArgs=(key,))
-
     async def _revalidate(self, key: CacheKey, entry: IndexEntry):
         """
         @return: what L{_claim} turns into each waiter's body: the held
@@ -359,12 +353,6 @@ class DiskCache(HeadsFromSource, Service):
                             entry.validated_at)
         return loaded
 
-    def _refused(self, failure: Failure, key: CacheKey) -> Failure:
-        seconds = self.rules.remember_for(failure.value)
-        if seconds:
-            self._negative.remember(key, failure.value, seconds, self._clock.seconds())
-        return failure
-
     def _claim(self, result, key: CacheKey):
         """
         One waiter's body from what its flight brought.
@@ -376,8 +364,7 @@ class DiskCache(HeadsFromSource, Service):
         body = result.claim()
         if body is not None:
             return body
-        self.counters.source_requests += 1
-        return self.source.get(self.rules.source_path_of(key), query=key[1])
+        return self._get_from_source(key)
 
     def _start_fill(self, body, key: CacheKey):
         info = replace(body.info, path=key[0])

@@ -36,7 +36,7 @@ from owncdn.services.cachepolicy import (
     CacheKey,
     CacheRules,
     CacheStats,
-    HeadsFromSource,
+    SourceRequests,
     NegativeCache,
     PassThrough,
     SingleFlight,
@@ -200,7 +200,7 @@ class Fill:
 
 
 @implementer(IReadableFiles, IHeadable, ICache)
-class MemoryCache(HeadsFromSource, Service):
+class MemoryCache(SourceRequests, Service):
     """
     @param source: the service items come from (any L{IReadableFiles};
         L{owncdn.interfaces.IRevalidatable} sources are revalidated by
@@ -322,12 +322,6 @@ class MemoryCache(HeadsFromSource, Service):
 
     # Misses and refreshes
 
-    def _fetch(self, key: CacheKey) -> Deferred:
-        self.counters.source_requests += 1
-        d = self.source.get(self.rules.source_path_of(key), query=key[1])
-        return d.addCallbacks(self._start_fill, self._refused, callbackArgs=(key,),
-                              errbackArgs=(key,))
-
     def _revalidate(self, key: CacheKey, entry: CachedFile) -> Deferred:
         self.counters.source_requests += 1
         d = revalidate(self.source, self.rules.source_path_of(key), key[1], entry.info)
@@ -350,12 +344,6 @@ class MemoryCache(HeadsFromSource, Service):
 
         return d.addCallbacks(checked, failed)
 
-    def _refused(self, failure: Failure, key: CacheKey) -> Failure:
-        seconds = self.rules.remember_for(failure.value)
-        if seconds:
-            self._negative.remember(key, failure.value, seconds, self._clock.seconds())
-        return failure
-
     def _start_fill(self, body, key: CacheKey):
         info = replace(body.info, path=key[0])
         cost = item_cost(key, info)
@@ -374,8 +362,7 @@ class MemoryCache(HeadsFromSource, Service):
         body = result.claim()
         if body is not None:
             return body
-        self.counters.source_requests += 1
-        return self.source.get(self.rules.source_path_of(key), query=key[1])
+        return self._get_from_source(key)
 
     async def _copy(self, key: CacheKey, fill: Fill, body) -> None:
         """
