@@ -295,6 +295,25 @@ class FetcherTests(SynchronousTestCase):
         self.assertEqual(body.info.size, 6)
         self.assertEqual(read_all(self, body), b"abcdef")
 
+    def test_head_without_size_falls_back_to_get(self):
+        """An origin whose HEAD answer gives no Content-Length is asked with GET, which gives the size."""
+        methods = []
+
+        class Chunked(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                methods.append(request.method)
+                request.write(b"abc")
+                request.finish()
+                return NOT_DONE_YET
+
+        self.stub = StubTreq(Chunked())
+        self.fetcher = self.make_fetcher()
+        body = self.successResultOf(self.head("x"))
+        self.assertEqual(methods, [b"HEAD", b"GET"])
+        self.assertEqual((body.info.size, read_all(self, body)), (3, b"abc"))
+
     def test_chunked_body_too_big(self):
         """A body without Content-Length past the limit is an error, not a memory hog."""
         self.patch(httpfetcher, "UNSIZED_LIMIT", 10)
