@@ -158,6 +158,8 @@ class SlowClientTests(TestCase):
             if self.files.bodies and self.files.bodies[0].reads:
                 break
             await turn()
+        else:
+            self.fail("the server never started to send the file")
         [body] = self.files.bodies
 
         await self.settled(body)
