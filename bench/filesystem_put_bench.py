@@ -7,8 +7,8 @@ containment checks, fsyncs (file and folder) and rename cost.
 
 Writes C{count} files of C{size} random bytes over ten folders of a
 fresh directory under /tmp, calling the service's blocking put directly
-(no threads, no HTTP), twice, and prints puts per wall second and per
-CPU second.  C{--source} runs another checkout's C{owncdn} (say an
+(no threads, no HTTP), twice, and prints which owncdn ran, puts per
+wall second and per CPU second.  C{--source} runs another checkout's C{owncdn} (say an
 older commit unpacked with C{git archive}) for a before/after.
 """
 
@@ -18,19 +18,23 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--source", help="a folder holding the owncdn package to run")
+    parser.add_argument("--source", default=str(ROOT),
+                        help="the folder holding the owncdn package to run (default: this checkout)")
     args = parser.parse_args()
-    if args.source:
-        sys.path.insert(0, args.source)
+    sys.path.insert(0, args.source)
     from owncdn.services.filesystem import FileSystem
     from owncdn.testing import InlineThreadPool, ThreadlessClock
 
+    print(f"owncdn from {sys.modules['owncdn.services.filesystem'].__file__}")
     with tempfile.TemporaryDirectory(dir="/tmp") as directory:
         files = FileSystem(directory, ThreadlessClock(), make_pool=InlineThreadPool)
         data = os.urandom(args.size)
