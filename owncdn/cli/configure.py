@@ -23,6 +23,7 @@ from owncdn.cli.folder import (
 )
 from owncdn.config import Config, ServiceConfig
 
+
 # init
 
 def _print_new_key(key_id: str, value: str) -> None:
@@ -56,7 +57,8 @@ def _replica_text(service: ServiceConfig) -> str:
 
 def cmd_service_list(args: argparse.Namespace) -> None:
     rows = [["ID", "TYPE", "NAME", "SOURCE"]]
-    rows += [[s.id, s.type, s.name, _replica_text(s)] for s in current_config(data_dir_of(args)).services]
+    rows += [[s.id, s.type, s.name, _replica_text(s)]
+             for s in current_config(data_dir_of(args)).services]
     print_table(rows)
 
 

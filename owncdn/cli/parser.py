@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--access", type=access, default="read",
                      help="read, write or SID=LEVEL,... (default: read)")
     command(keys, "list", configure.cmd_key_list, "list key IDs and their access")
-    command(keys, "remove", configure.cmd_key_remove, "remove a key").add_argument("id", metavar="ID")
+    command(keys, "remove", configure.cmd_key_remove,
+            "remove a key").add_argument("id", metavar="ID")
     change = command(keys, "access", configure.cmd_key_access, "set a key's access")
     change.add_argument("id", metavar="ID")
     change.add_argument("access", type=access, metavar="ACCESS",
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--url", required=True, help="the API URL of the primary instance")
     add.add_argument("--key", required=True, help="a key value valid on the primary")
     add.add_argument("--name")
-    command(sources, "list", configure.cmd_source_list, "list replication sources (never their keys)")
+    command(sources, "list", configure.cmd_source_list,
+            "list replication sources (never their keys)")
     command(sources, "remove", configure.cmd_source_remove,
             "remove a replication source").add_argument("id", metavar="ID")
 
