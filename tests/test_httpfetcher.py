@@ -278,25 +278,12 @@ class FetcherTests(SynchronousTestCase):
         self.origin.files[b"/static/slow"] = (b"ok", {})
         self.assertEqual(read_all(self, self.successResultOf(self.get("slow"))), b"ok")
 
-    def test_chunked_body(self):
-        """A body without Content-Length is read whole, then served with its size."""
-        class Chunked(Resource):
-            isLeaf = True
-
-            def render_GET(self, request):
-                request.write(b"abc")
-                request.write(b"def")
-                request.finish()
-                return NOT_DONE_YET
-
-        self.stub = StubTreq(Chunked())
-        self.fetcher = self.make_fetcher()
-        body = self.successResultOf(self.get("x"))
-        self.assertEqual(body.info.size, 6)
-        self.assertEqual(read_all(self, body), b"abcdef")
-
-    def test_head_without_size_falls_back_to_get(self):
-        """An origin whose HEAD answer gives no Content-Length is asked with GET, which gives the size."""
+    def chunked_origin(self) -> list:
+        """
+        An origin that answers without Content-Length (C{abc}, then
+        C{def}); the list it returns collects the methods it was asked
+        with.
+        """
         methods = []
 
         class Chunked(Resource):
@@ -305,14 +292,27 @@ class FetcherTests(SynchronousTestCase):
             def render_GET(self, request):
                 methods.append(request.method)
                 request.write(b"abc")
+                request.write(b"def")
                 request.finish()
                 return NOT_DONE_YET
 
         self.stub = StubTreq(Chunked())
         self.fetcher = self.make_fetcher()
+        return methods
+
+    def test_chunked_body(self):
+        """A body without Content-Length is read whole, then served with its size."""
+        self.chunked_origin()
+        body = self.successResultOf(self.get("x"))
+        self.assertEqual(body.info.size, 6)
+        self.assertEqual(read_all(self, body), b"abcdef")
+
+    def test_head_without_size_falls_back_to_get(self):
+        """An origin whose HEAD answer gives no Content-Length is asked with GET, which gives the size."""
+        methods = self.chunked_origin()
         body = self.successResultOf(self.head("x"))
         self.assertEqual(methods, [b"HEAD", b"GET"])
-        self.assertEqual((body.info.size, read_all(self, body)), (3, b"abc"))
+        self.assertEqual((body.info.size, read_all(self, body)), (6, b"abcdef"))
 
     def test_chunked_body_too_big(self):
         """A body without Content-Length past the limit is an error, not a memory hog."""
