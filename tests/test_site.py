@@ -10,9 +10,9 @@ import os
 from io import BytesIO
 from pathlib import Path
 
-from twisted.internet import task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -544,3 +544,250 @@ class DrainTests(SiteTestMixin, SynchronousTestCase):
         channel.connectionLost(Exception("aborted"))
         self.successResultOf(d)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def head_of_size(size: int) -> bytes:
+    """
+    A request head whose lines (without their CRLFs, as Twisted counts
+    them) add up to exactly C{size} bytes.
+    """
+    first = b"GET / HTTP/1.1"
+    host = b"Host: example"
+    pad = size - len(first) - len(host) - len(b"X-Pad: ")
+    lines = [first, host]
+    while pad > 8000:
+        # Each header line stays under the 16 KiB line limit.
+        lines.append(b"X-Pad: " + b"p" * 7000)
+        pad -= 7000 + len(b"X-Pad: ")
+    lines.append(b"X-Pad: " + b"p" * pad)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class HeadLimitDeliveryTests(SiteTestMixin, SynchronousTestCase):
+    """
+    The head limits give the same answer however the head is cut into
+    packets: all at once, one byte at a time, or in pieces of any size.
+    """
+
+    def setUp(self):
+        self.make_site()
+
+    def send(self, data: bytes, piece: int):
+        channel, transport = self.connect()
+        for offset in range(0, len(data), piece):
+            channel.dataReceived(data[offset:offset + piece])
+            if transport.disconnecting:
+                break
+        return channel, transport
+
+    def test_head_at_the_limit_accepted(self):
+        """A head of exactly 16 KiB is served, in any packet size."""
+        limit = self.site.protocol.totalHeadersSize
+        for piece in (1, 7, 1000, 100000):
+            channel, transport = self.send(head_of_size(limit), piece)
+            self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK", piece)
+            self.assertFalse(transport.disconnecting)
+
+    def test_head_over_the_limit_refused(self):
+        """One byte more gets 431 and a close, in any packet size."""
+        limit = self.site.protocol.totalHeadersSize
+        for piece in (1, 7, 1000, 100000):
+            channel, transport = self.send(head_of_size(limit + 1), piece)
+            self.assertEqual(status_of(transport),
+                             b"HTTP/1.1 431 Request Header Fields Too Large", piece)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_long_request_line_refused_in_pieces(self):
+        """A request line over 16 KiB gets 414 whether it arrives at once or trickles."""
+        data = head(path=b"/" + b"a" * 20000)
+        for piece in (1, 100, 4096, len(data)):
+            channel, transport = self.send(data, piece)
+            self.assertEqual(status_of(transport), b"HTTP/1.1 414 URI Too Long", piece)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_request_line_over_total_refused_with_414(self):
+        """A request line under the line limit but over the head total still gets 414."""
+        self.site.protocol = type("Small", (self.site.protocol,), {"totalHeadersSize": 100})
+        channel, transport = self.send(head(path=b"/" + b"a" * 200), 1000)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 414 URI Too Long")
+
+    def test_other_bad_heads_still_400(self):
+        """A malformed head within the limits still gets Twisted's plain 400."""
+        channel, transport = self.send(head(headers=[b"No colon here"]), 3)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 400 Bad Request")
+        self.assertTrue(transport.disconnecting)
+
+
+class KeepAliveTests(SiteTestMixin, SynchronousTestCase):
+    """
+    Many requests on one connection: answers in order, the head deadline
+    counted from the end of the last response, and one timer for the
+    whole connection.
+    """
+
+    def setUp(self):
+        self.make_site()
+
+    def test_pipelined_requests_answered_in_order(self):
+        """Requests sent together are answered one after the other, in order."""
+        class Echo(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setHeader(b"content-length", b"%d" % len(request.path))
+                return request.path
+
+        self.make_site(resource=Echo())
+        channel, transport = self.connect()
+        paths = [b"/r%d" % n for n in range(20)]
+        channel.dataReceived(b"".join(head(path=p) for p in paths))
+        bodies = [part.split(b"\r\n\r\n", 1)[1][:len(p)]
+                  for part, p in zip(transport.value().split(b"HTTP/1.1 200 OK")[1:], paths)]
+        self.assertEqual(bodies, paths)
+
+    def test_deadline_counts_from_last_response(self):
+        """After many requests, the next head still gets exactly headerTimeout."""
+        channel, transport = self.connect()
+        for _ in range(50):
+            self.clock.advance(TIMEOUT - 1)
+            channel.dataReceived(head())
+        self.assertEqual(len(self.resource.requests), 50)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        channel.dataReceived(b"GET / HT")
+        self.clock.advance(TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(len(self.resource.requests), 50)
+
+    def test_timer_gone_with_connection(self):
+        """A closed connection leaves no timer behind."""
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        channel.connectionLost(Exception("closed"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_head_response_sent_without_body(self):
+        """A HEAD response goes out at once, head only."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"HEAD"))
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+
+    def test_head_written_before_a_slow_body(self):
+        """A response whose body comes later has its head on the wire as soon as it is written."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        request = self.resource.requests[0]
+        request.setHeader(b"content-length", b"4")
+        request.write(b"")
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+        request.write(b"done")
+        request.finish()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\ndone"))
+
+    def test_date_header(self):
+        """Every response has a current Date header."""
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        request = self.resource.requests[0]
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"date"),
+                         [sitemod.http.datetimeToString()])
+
+
+class Sized(Resource):
+    """
+    Answers C{/<n>} with n bytes of a pattern and a Content-Length.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        size = int(request.path[1:])
+        body = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+        request.setHeader(b"content-length", b"%d" % size)
+        return body
+
+
+class Collector(protocol.Protocol):
+    def __init__(self):
+        self.received = []
+        self.closed = defer.Deferred()
+
+    def connectionLost(self, reason):
+        self.closed.callback(b"".join(self.received))
+
+    def dataReceived(self, data):
+        self.received.append(data)
+
+
+def split_responses(data: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    (status line, body) of each response in C{data}, by Content-Length.
+    """
+    responses = []
+    while data:
+        head_bytes, data = data.split(b"\r\n\r\n", 1)
+        lines = head_bytes.split(b"\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        responses.append((lines[0], data[:length]))
+        data = data[length:]
+    return responses
+
+
+class RealSocketTests(SiteTestMixin, TestCase):
+    """
+    Responses written straight to a real TCP socket: whole, and in
+    order, whatever their sizes and however many are pipelined.
+    """
+
+    def setUp(self):
+        self.site = OwnCDNSite(Sized(), spool_dir=Path(self.mktemp()), max_upload_size=LIMIT,
+                               header_timeout=TIMEOUT)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    @defer.inlineCallbacks
+    def exchange(self, requests: bytes):
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            client)
+        client.transport.write(requests)
+        data = yield client.closed
+        return split_responses(data)
+
+    @defer.inlineCallbacks
+    def test_pipelined_small_and_large_in_order(self):
+        """Small and multi-megabyte answers to pipelined requests arrive whole and in order."""
+        sizes = [10, 3 * 1024 * 1024, 1, 70000, 0, 2 * 1024 * 1024, 5]
+        requests = b"".join(head(path=b"/%d" % size) for size in sizes)
+        requests += head(path=b"/7", headers=[b"Connection: close"])
+        responses = yield self.exchange(requests)
+        sizes.append(7)
+        self.assertEqual([status for status, _ in responses], [b"HTTP/1.1 200 OK"] * len(sizes))
+        self.assertEqual([len(body) for _, body in responses], sizes)
+        for (_, body), size in zip(responses, sizes):
+            self.assertEqual(body, (b"0123456789abcdef" * (size // 16 + 1))[:size])
+
+    @defer.inlineCallbacks
+    def test_head_requests(self):
+        """HEAD answers carry no body, and the next answer follows them intact."""
+        requests = head(b"HEAD", b"/100") + head(path=b"/3", headers=[b"Connection: close"])
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            client)
+        client.transport.write(requests)
+        data = yield client.closed
+        first, second = data.split(b"\r\n\r\n", 1)
+        self.assertIn(b"Content-Length: 100", first)
+        self.assertTrue(second.startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(second.endswith(b"\r\n\r\n012"))

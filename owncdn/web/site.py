@@ -19,9 +19,11 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
-from twisted.web import http, server
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web.http_headers import Headers
 from zope.interface import Interface
 
 from owncdn.web.reqlog import RequestLog
@@ -33,6 +35,9 @@ DRAIN_TIMEOUT = 30.0
 # How long an idle connection closed by the drain may take to go: a TLS
 # client that never answers the close_notify would otherwise hold it.
 IDLE_CLOSE_GRACE = 2.0
+# Writes up to this size go straight to the socket when the transport
+# has nothing queued; bigger ones (streamed bodies) through its buffer.
+DIRECT_SEND_LIMIT = 64 * 1024
 
 log = Logger()
 
@@ -62,6 +67,19 @@ def _too_large_response(is_s3: bool, limit: int) -> bytes:
         b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra +
         b"Connection: close\r\n\r\n" + body
     )
+
+
+_date = [0, b""]
+
+
+def http_date_now() -> bytes:
+    """
+    The C{Date} header value for now, formatted once a second.
+    """
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = now, http.datetimeToString(now)
+    return _date[1]
 
 
 def is_s3_request(request) -> bool:
@@ -184,6 +202,36 @@ class OwnCDNRequest(server.Request):
             return
         super().requestReceived(command, path, version)
 
+    def process(self):
+        # Twisted's Request.process, with the Date header formatted once
+        # a second rather than on every request.
+        self.site = self.channel.site
+        self.setHeader(b"server", server.version)
+        self.setHeader(b"date", http_date_now())
+        self.prepath = []
+        self.postpath = list(map(server.unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            found = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def write(self, data):
+        super().write(data)
+        # A head without body bytes (HEAD, 304, an empty write) still
+        # goes out now: the channel holds a head back only to send it
+        # with the body.
+        channel = self.channel
+        if channel._pending_head is not None:
+            channel._flush_head()
+
     def processingFailed(self, reason):
         log.failure("unhandled error in {uri}", reason, uri=self.uri)
         if self.finished or self._disconnected:
@@ -209,50 +257,110 @@ class OwnCDNChannel(http.HTTPChannel):
     refuses an oversized head with 414 or 431, and tells its site when
     it is busy with a request so that a stopping daemon can drain.
 
+    It is also where the cost of each request on a kept-alive
+    connection is kept down: one timer per connection instead of two
+    started and cancelled per request, the connection's addresses looked
+    up once, and a response head sent together with the first bytes of
+    its body, straight to the socket when nothing else is queued.
+
     @ivar busy: a request head has arrived and its response is not
         finished yet.
     """
 
     busy = False
-    _head_deadline = None
+    _deadline = None
+    # When the head now awaited began (site clock), or None when no head
+    # is awaited (a request is in progress, or the connection closes).
+    _head_since: float | None = None
+    # When the body of the request in progress last received bytes.
+    _last_data = 0.0
+    _host = None
+    _peer = None
+    # The head of a response, kept until the first body bytes or the
+    # end of the Request.write that produced it.
+    _pending_head: bytes | None = None
 
     def connectionMade(self):
         super().connectionMade()
         self.site.channels.add(self)
-        self._start_head_deadline()
+        self._head_since = self.site.reactor.seconds()
+        self._deadline = self.callLater(self.site.header_timeout, self._check_deadline)
 
-    def _start_head_deadline(self):
-        self._cancel_head_deadline()
-        self._head_deadline = self.callLater(self.site.header_timeout, self._head_too_slow)
+    # One timer per connection.  Twisted's TimeoutMixin would restart a
+    # timer on every read and cancel and start one on every request;
+    # this channel keeps its timeOut attribute (Twisted swaps it to None
+    # while a request is processed) but only L{_check_deadline} acts on
+    # it, while a request body arrives.
 
-    def _cancel_head_deadline(self):
-        if self._head_deadline is not None and self._head_deadline.active():
-            self._head_deadline.cancel()
-        self._head_deadline = None
+    def setTimeout(self, period):
+        previous, self.timeOut = self.timeOut, period
+        return previous
+
+    def resetTimeout(self):
+        pass
+
+    def _check_deadline(self):
+        """
+        The connection's only timer: cut a head that is late or a body
+        that stopped arriving, else look again when the next deadline
+        can be due.  Requests only note times, so a kept-alive
+        connection sets no timer per request.
+        """
+        self._deadline = None
+        now = self.site.reactor.seconds()
+        if self._head_since is not None:
+            due = self._head_since + self.site.header_timeout
+            if now >= due:
+                self._head_too_slow()
+                return
+        elif self.busy and not self._handlingRequest and self.timeOut is not None:
+            due = self._last_data + self.timeOut
+            if now >= due:
+                self.timeoutConnection()
+                return
+        else:
+            due = now + self.site.header_timeout
+        self._deadline = self.callLater(due - now, self._check_deadline)
+
+    def _cancel_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _head_too_slow(self):
-        self._head_deadline = None
         log.info("closing a connection that did not send its request head "
                  "within {timeout} seconds", timeout=self.site.header_timeout)
         self.transport.abortConnection()
 
-    def lineReceived(self, line):
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._refuse_head()
+    def rawDataReceived(self, data):
+        if self.busy and not self._handlingRequest:
+            self._last_data = self.site.reactor.seconds()
+        super().rawDataReceived(data)
+
+    # Head size limits.  Twisted counts the head against totalHeadersSize
+    # line by line and answers 400 when it is exceeded; the 414/431 the
+    # client deserves is given where it makes that call, so no wrapper
+    # runs for every header line.
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            # Twisted counts the request line before parsing it.
+            self._refuse_head(request_line=bool(self._HTTPChannel__first_line))
             return
-        super().lineReceived(line)
+        super()._respondToBadRequestAndDisconnect()
 
     def lineLengthExceeded(self, line):
-        self._refuse_head()
-
-    def _refuse_head(self):
         # Nothing of this request has been counted yet: the request line
         # itself is too long.
-        if self._receivedHeaderSize == 0:
+        self._refuse_head(request_line=self._receivedHeaderSize == 0)
+
+    def _refuse_head(self, request_line: bool):
+        if request_line:
             status = b"414 URI Too Long"
         else:
             status = b"431 Request Header Fields Too Large"
-        self._cancel_head_deadline()
+        self._cancel_deadline()
+        self._head_since = None
         self.transport.write(b"HTTP/1.1 " + status + b"\r\n"
                              b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         self.persistent = False
@@ -261,24 +369,102 @@ class OwnCDNChannel(http.HTTPChannel):
         self.loseConnection()
 
     def allHeadersReceived(self):
-        self._cancel_head_deadline()
+        self._head_since = None
+        self._last_data = self.site.reactor.seconds()
         self.busy = True
         super().allHeadersReceived()
 
     def requestDone(self, request):
         self.busy = False
+        if self._pending_head is not None:
+            self._flush_head()
         if self.site.draining:
             self.persistent = False
         elif self.persistent:
             # Before the super call: it may parse a pipelined head that
-            # is already buffered, which cancels this deadline again.
-            self._start_head_deadline()
+            # is already buffered, which no longer waits for its head.
+            self._head_since = self.site.reactor.seconds()
         super().requestDone(request)
 
     def connectionLost(self, reason):
-        self._cancel_head_deadline()
+        self._cancel_deadline()
+        self._head_since = None
         super().connectionLost(reason)
         self.site.channel_closed(self)
+
+    # The connection's addresses do not change: Twisted's Request asks
+    # for both on every request, the host with a getsockname call.
+
+    def getHost(self):
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
+
+    def getPeer(self):
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
+
+    # Writing.  Twisted's Request writes its head and its first body bytes
+    # as two writes, and its TCP transport only queues them: the socket is
+    # then registered for writability and unregistered once it drained,
+    # two epoll_ctl calls and a reactor round per response.  Here the
+    # head waits for the body (see OwnCDNRequest.write) and a small
+    # write is sent at once when the transport has nothing queued.
+
+    def writeHeaders(self, version, code, reason, headers):
+        if self._pending_head is not None:
+            self._flush_head()
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self._pending_head = b"".join(parts)
+
+    def _flush_head(self):
+        head, self._pending_head = self._pending_head, None
+        self._send(head)
+
+    def write(self, data):
+        if self._pending_head is not None:
+            if len(data) <= DIRECT_SEND_LIMIT:
+                data = self._pending_head + data
+                self._pending_head = None
+            else:
+                self._flush_head()
+        self._send(data)
+
+    def writeSequence(self, iovec):
+        if self._pending_head is not None:
+            iovec = [self._pending_head, *iovec]
+            self._pending_head = None
+        if sum(map(len, iovec)) <= DIRECT_SEND_LIMIT:
+            self._send(b"".join(iovec))
+        else:
+            self.transport.writeSequence(iovec)
+
+    def _send(self, data: bytes) -> None:
+        transport = self.transport
+        if (len(data) <= DIRECT_SEND_LIMIT and type(transport) is tcp.Server
+                and transport.connected and not transport.disconnecting
+                and not transport._writeDisconnected and not transport._tempDataLen
+                and transport.offset == len(transport.dataBuffer)):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # EAGAIN, or a broken connection: the transport finds out
+                # which when it writes.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
 
 class OwnCDNSite(server.Site):
