@@ -791,3 +791,88 @@ class RealSocketTests(SiteTestMixin, TestCase):
         self.assertIn(b"Content-Length: 100", first)
         self.assertTrue(second.startswith(b"HTTP/1.1 200 OK"))
         self.assertTrue(second.endswith(b"\r\n\r\n012"))
+
+
+class WholeHeadTests(SiteTestMixin, SynchronousTestCase):
+    """
+    Heads that arrive whole are held to the same rules as heads that
+    arrive in pieces.
+    """
+
+    def setUp(self):
+        self.make_site()
+
+    def both_ways(self, data: bytes):
+        """
+        The transports of C{data} sent all at once and byte by byte.
+        """
+        whole, whole_transport = self.connect()
+        whole.dataReceived(data)
+        trickled, trickled_transport = self.connect()
+        for offset in range(len(data)):
+            if trickled_transport.disconnecting:
+                break
+            trickled.dataReceived(data[offset:offset + 1])
+        return whole_transport, trickled_transport
+
+    def assert_same(self, data: bytes, status: bytes):
+        whole, trickled = self.both_ways(data)
+        self.assertEqual(status_of(whole), status)
+        self.assertEqual(whole.value(), trickled.value())
+        self.assertEqual(whole.disconnecting, trickled.disconnecting)
+
+    def test_folded_header(self):
+        """A folded (obsolete continuation) header line is joined as Twisted joins it."""
+        self.assert_same(head(headers=[b"X-Folded: one", b" two"]), b"HTTP/1.1 200 OK")
+        first, second = self.resource.requests
+        self.assertEqual(first.requestHeaders.getRawHeaders(b"x-folded"), [b"one two"])
+        self.assertEqual(second.requestHeaders.getRawHeaders(b"x-folded"), [b"one two"])
+
+    def test_blank_line_before_request(self):
+        """One stray CRLF before a request line is skipped."""
+        self.assert_same(b"\r\n" + head(), b"HTTP/1.1 200 OK")
+
+    def test_bad_headers(self):
+        """Headers without a colon, with a bad name or a NUL get 400 either way."""
+        for bad in (b"No colon", b"Bad Name: x", b"X-Nul: a\x00b", b"Content-Length: x"):
+            self.assert_same(head(headers=[bad]), b"HTTP/1.1 400 Bad Request")
+        self.assertEqual(self.resource.requests, [])
+
+    def test_two_lengths(self):
+        """A request with both Content-Length and chunked coding gets 400 either way."""
+        self.assert_same(head(b"PUT", headers=[b"Content-Length: 3",
+                                               b"Transfer-Encoding: chunked"]) + b"abc",
+                         b"HTTP/1.1 400 Bad Request")
+
+    def test_too_many_headers(self):
+        """More than Twisted's 500 headers gets 400 either way."""
+        self.assert_same(head(headers=[b"X-%d: v" % n for n in range(501)]),
+                         b"HTTP/1.1 400 Bad Request")
+
+    def test_http_10_closes(self):
+        """An HTTP/1.0 request is answered, then the connection closes."""
+        self.assert_same(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", b"HTTP/1.0 200 OK")
+
+    def test_pipelined_with_bodies(self):
+        """Heads and bodies sent together reach the resource in order, each body its own."""
+        data = (head(b"PUT", b"/a", [b"Content-Length: 3"]) + b"one"
+                + head(b"GET", b"/b")
+                + head(b"PUT", b"/c", [b"Transfer-Encoding: chunked"]) + chunk(b"three")
+                + b"0\r\n\r\n" + head(b"GET", b"/d"))
+        self.assert_same(data, b"HTTP/1.1 200 OK")
+        paths = [request.path for request in self.resource.requests]
+        self.assertEqual(paths, [b"/a", b"/b", b"/c", b"/d"] * 2)
+        bodies = [body for _, body in self.resource.bodies]
+        self.assertEqual(bodies, [b"one", b"", b"three", b""] * 2)
+
+    def test_pipelined_behind_slow_response(self):
+        """Requests that arrive while one is in progress wait for it and are then answered."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head(path=b"/1"))
+        channel.dataReceived(head(path=b"/2") + head(path=b"/3"))
+        self.assertEqual(len(self.resource.requests), 1)
+        self.resource.hold = False
+        self.resource.requests[0].finish()
+        self.assertEqual([r.path for r in self.resource.requests], [b"/1", b"/2", b"/3"])
+        self.assertEqual(transport.value().count(b"200 OK"), 3)

@@ -20,10 +20,12 @@ from io import BytesIO
 from pathlib import Path
 
 from twisted.internet import defer, tcp
+from twisted.protocols import basic
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import Interface
 
 from owncdn.web.reqlog import RequestLog
@@ -291,6 +293,71 @@ class OwnCDNChannel(http.HTTPChannel):
     # this channel keeps its timeOut attribute (Twisted swaps it to None
     # while a request is processed) but only L{_check_deadline} acts on
     # it, while a request body arrives.
+
+    def dataReceived(self, data):
+        """
+        Parse each request head that arrives whole (the usual case: a
+        small head in one packet) in one go, with Twisted's own request
+        line and header checks, instead of Twisted's line-by-line
+        machinery; anything else (a head in pieces, a body, a head
+        near the size limit, folded header lines) takes that machinery.
+        """
+        while (self.line_mode and not self._buffer and not self._busyReceiving
+               and not self.paused and self.persistent
+               and self._HTTPChannel__first_line == 1 and not self._HTTPChannel__header):
+            end = data.find(b"\r\n\r\n")
+            # Within the limit every line is too, and the head is
+            # refused by the same rules either way.
+            if end <= 0 or end > self.totalHeadersSize:
+                break
+            lines = data[:end].split(b"\r\n")
+            if not lines[0] or any(line[0] in b" \t" for line in lines[1:]):
+                break
+            self._busyReceiving = True
+            try:
+                if not self._whole_head(lines, end):
+                    return
+            finally:
+                self._busyReceiving = False
+            data = data[end + 4:]
+            if self.transport.disconnecting:
+                return
+            if not data:
+                if not self._buffer:
+                    return
+                # What a request finished meanwhile handed back.
+                data, self._buffer = self._buffer, b""
+        basic.LineReceiver.dataReceived(self, data)
+
+    def _whole_head(self, lines: list[bytes], size: int) -> bool:
+        """
+        What Twisted's lineReceived does for each line of a head, for a
+        head whose lines are all here.
+
+        @return: whether the request went on (else it was refused).
+        """
+        self._receivedHeaderSize = size - 2 * (len(lines) - 1)
+        if INonQueuedRequestFactory.providedBy(self.requestFactory):
+            request = self.requestFactory(self)
+        else:
+            request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        try:
+            self._command, self._path, self._version = http._parseRequestLine(lines[0])
+        except ValueError:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        header_received = self.headerReceived
+        for index in range(1, len(lines)):
+            if not header_received(lines[index]):
+                return False
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+        return True
 
     def setTimeout(self, period):
         previous, self.timeOut = self.timeOut, period
