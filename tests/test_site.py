@@ -876,3 +876,20 @@ class WholeHeadTests(SiteTestMixin, SynchronousTestCase):
         self.resource.requests[0].finish()
         self.assertEqual([r.path for r in self.resource.requests], [b"/1", b"/2", b"/3"])
         self.assertEqual(transport.value().count(b"200 OK"), 3)
+
+
+class PutHeadersTests(SynchronousTestCase):
+    def test_same_as_set_header(self):
+        """Headers put directly are the ones setHeader would set, and setting one again replaces it."""
+        from twisted.web.test.requesthelper import DummyRequest
+        put, set_ = DummyRequest([b""]), DummyRequest([b""])
+        pairs = [(b"ETag", b'"abc"'), (b"Last-Modified", b"Thu, 01 Jan 1970 00:00:00 GMT"),
+                 (b"Accept-Ranges", b"bytes"), (b"Content-Length", b"10"),
+                 (b"Server", b"x"), (b"Date", b"y")]
+        sitemod.put_headers(put, pairs)
+        for name, value in pairs:
+            set_.setHeader(name.lower(), value)
+        self.assertEqual(sorted(put.responseHeaders.getAllRawHeaders()),
+                         sorted(set_.responseHeaders.getAllRawHeaders()))
+        put.responseHeaders.setRawHeaders(b"etag", [b'"new"'])
+        self.assertEqual(put.responseHeaders.getRawHeaders(b"etag"), [b'"new"'])
