@@ -893,3 +893,28 @@ class PutHeadersTests(SynchronousTestCase):
                          sorted(set_.responseHeaders.getAllRawHeaders()))
         put.responseHeaders.setRawHeaders(b"etag", [b'"new"'])
         self.assertEqual(put.responseHeaders.getRawHeaders(b"etag"), [b'"new"'])
+
+
+class ParseQueryTests(SynchronousTestCase):
+    def test_same_as_twisted(self):
+        """On 20,000 random queries the arguments are exactly Twisted's parse_qs(query, 1)."""
+        import random
+
+        from twisted.web.http import parse_qs
+        pieces = [b"a", b"b", b"=", b"&", b";", b"%", b"%2", b"%41", b"%zz", b"+", b"%2B", b"\xff",
+                  b"path", b"sid", b" "]
+        rng = random.Random(5)
+        for _ in range(20000):
+            query = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+            self.assertEqual(sitemod.parse_query(query), parse_qs(query, 1), query)
+
+    def test_request_args(self):
+        """A request's args and path come from its target as before."""
+        site = OwnCDNSite(Recorder(), spool_dir=Path(self.mktemp()), max_upload_size=LIMIT,
+                          header_timeout=TIMEOUT, reactor=task.Clock())
+        channel = site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(head(path=b"/getfile?sid=files&path=a%20b+c&path=&x"))
+        request = site.resource.requests[0]
+        self.assertEqual(request.path, b"/getfile")
+        self.assertEqual(request.args, {b"sid": [b"files"], b"path": [b"a b c", b""]})
