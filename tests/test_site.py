@@ -918,3 +918,61 @@ class ParseQueryTests(SynchronousTestCase):
         request = site.resource.requests[0]
         self.assertEqual(request.path, b"/getfile")
         self.assertEqual(request.args, {b"sid": [b"files"], b"path": [b"a b c", b""]})
+
+
+class Streamed(Resource):
+    """
+    Streams C{size} bytes held in memory as pieces of C{piece} bytes,
+    the way a memory-cache hit on a big item is sent (send_file's
+    producer).
+    """
+
+    isLeaf = True
+
+    def __init__(self, size: int, piece: int):
+        super().__init__()
+        from owncdn.interfaces import FileInfo
+        from owncdn.services.memorycache import CachedFile
+        self.data = os.urandom(size)
+        pieces = [self.data[n:n + piece] for n in range(0, size, piece)]
+        self.body = CachedFile(FileInfo("big", size, 0.0, "e" * 32, "application/octet-stream"),
+                               pieces, 0, 0.0)
+
+    def render(self, request):
+        from owncdn.web.fileresponse import send_file
+        defer.Deferred.fromCoroutine(send_file(request, self.body))
+        return NOT_DONE_YET
+
+
+class StreamingTests(TestCase):
+    """
+    A big response streamed by a producer in writes small enough to go
+    straight to the socket still arrives whole, however slowly the
+    client reads.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def fetch_twice(self, piece: int):
+        resource = Streamed(8 * 1024 * 1024, piece)
+        site = OwnCDNSite(resource, spool_dir=Path(self.mktemp()), max_upload_size=LIMIT,
+                          header_timeout=TIMEOUT)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+        client.transport.write(head(path=b"/big") + head(path=b"/big", headers=[b"Connection: close"]))
+        data = yield client.closed
+        responses = split_responses(data)
+        self.assertEqual([body == resource.data for _, body in responses], [True, True])
+
+    def test_small_pieces(self):
+        return self.fetch_twice(16 * 1024)
+
+    def test_pieces_at_the_direct_limit(self):
+        return self.fetch_twice(sitemod.DIRECT_SEND_LIMIT)
+
+    def test_large_pieces(self):
+        return self.fetch_twice(1024 * 1024)

@@ -520,7 +520,8 @@ class OwnCDNChannel(http.HTTPChannel):
     # then registered for writability and unregistered once it drained,
     # two epoll_ctl calls and a reactor round per response.  Here the
     # head waits for the body (see OwnCDNRequest.write) and a small
-    # write is sent at once when the transport has nothing queued.
+    # write is sent at once when the transport has nothing queued and
+    # no producer streams the body.
 
     def writeHeaders(self, version, code, reason, headers):
         if self._pending_head is not None:
@@ -559,7 +560,10 @@ class OwnCDNChannel(http.HTTPChannel):
 
     def _send(self, data: bytes) -> None:
         transport = self.transport
-        if (len(data) <= DIRECT_SEND_LIMIT and type(transport) is tcp.Server
+        # A body streamed by a producer keeps to the transport's buffer,
+        # whose filling is what pauses the producer.
+        if (len(data) <= DIRECT_SEND_LIMIT and self._requestProducer is None
+                and type(transport) is tcp.Server
                 and transport.connected and not transport.disconnecting
                 and not transport._writeDisconnected and not transport._tempDataLen
                 and transport.offset == len(transport.dataBuffer)):
