@@ -778,6 +778,28 @@ class RealSocketTests(SiteTestMixin, TestCase):
             self.assertEqual(body, (b"0123456789abcdef" * (size // 16 + 1))[:size])
 
     @defer.inlineCallbacks
+    def test_nothing_sent_after_abort(self):
+        """Once a response is cut off, nothing written after the cut reaches the client."""
+        class CutOff(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setHeader(b"content-length", b"100")
+                request.write(b"first")
+                request.channel.transport.abortConnection()
+                request.write(b"second")
+                return NOT_DONE_YET
+
+        self.site.resource = CutOff()
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            client)
+        client.transport.write(head())
+        data = yield client.closed
+        self.assertNotIn(b"second", data)
+
+    @defer.inlineCallbacks
     def test_head_requests(self):
         """HEAD answers carry no body, and the next answer follows them intact."""
         requests = head(b"HEAD", b"/100") + head(path=b"/3", headers=[b"Connection: close"])

@@ -565,7 +565,8 @@ class OwnCDNChannel(http.HTTPChannel):
         if (len(data) <= DIRECT_SEND_LIMIT and self._requestProducer is None
                 and type(transport) is tcp.Server
                 and transport.connected and not transport.disconnecting
-                and not transport._writeDisconnected and not transport._tempDataLen
+                and not transport._aborting and not transport._writeDisconnected
+                and not transport._tempDataLen
                 and transport.offset == len(transport.dataBuffer)):
             try:
                 sent = transport.socket.send(data)
