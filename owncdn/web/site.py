@@ -25,6 +25,9 @@ from twisted.protocols import basic
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
+# Names taken from twisted.web.http once: the module is wrapped in a
+# deprecation proxy that makes each attribute lookup cost a microsecond.
+from twisted.web.http import _parseRequestLine
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import Interface
@@ -252,7 +255,8 @@ class OwnCDNRequest(server.Request):
         self.site = self.channel.site
         put_headers(self, ((b"Server", server.version), (b"Date", http_date_now())))
         self.prepath = []
-        self.postpath = list(map(server.unquote, self.path[1:].split(b"/")))
+        segments = self.path[1:].split(b"/")
+        self.postpath = list(map(server.unquote, segments)) if b"%" in self.path else segments
         if self.path == b"*":
             self._handleStar()
             return
@@ -385,7 +389,7 @@ class OwnCDNChannel(http.HTTPChannel):
         self.requests.append(request)
         self._HTTPChannel__first_line = 0
         try:
-            self._command, self._path, self._version = http._parseRequestLine(lines[0])
+            self._command, self._path, self._version = _parseRequestLine(lines[0])
         except ValueError:
             self._respondToBadRequestAndDisconnect()
             return False
