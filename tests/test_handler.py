@@ -111,3 +111,62 @@ class AsyncResourceTests(SynchronousTestCase):
         self.channel.dataReceived(REQUEST)
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 500 "))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class Pieces:
+    """
+    A body whose reads give at most C{piece} bytes, and that ends
+    C{missing} bytes early.
+    """
+
+    def __init__(self, data: bytes, piece: int, missing: int = 0):
+        from owncdn.interfaces import FileInfo
+        self.info = FileInfo("f", len(data), 0.0, "e" * 32, "application/octet-stream")
+        self.data = data[:len(data) - missing]
+        self.piece = piece
+        self.closed = False
+
+    def read(self, offset, length):
+        return defer.succeed(self.data[offset:offset + min(length, self.piece)])
+
+    def alternate(self, encoding):
+        return None
+
+    def close(self):
+        self.closed = True
+
+
+class SendsFile(Answers):
+    async def handle(self, request):
+        from owncdn.web.fileresponse import send_file
+        await send_file(request, self.body)
+
+
+class SmallFileTests(SynchronousTestCase):
+    def answer(self, body):
+        resource = SendsFile()
+        resource.body = body
+        site = OwnCDNSite(resource, spool_dir=Path(self.mktemp()), max_upload_size=1000,
+                          header_timeout=30, reactor=task.Clock())
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(REQUEST)
+        return transport.value()
+
+    def test_read_in_pieces(self):
+        """A small file whose reads come in pieces is sent whole, in one response."""
+        data = bytes(range(256)) * 4
+        body = Pieces(data, 100)
+        answer = self.answer(body)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(answer.endswith(b"\r\n\r\n" + data))
+        self.assertTrue(body.closed)
+
+    def test_body_ending_early(self):
+        """A small file whose body ends early gets an error, never a short 200."""
+        body = Pieces(b"x" * 1000, 100, missing=10)
+        answer = self.answer(body)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 500 "))
+        self.assertEqual(len(self.flushLoggedErrors(IOError)), 1)
+        self.assertTrue(body.closed)

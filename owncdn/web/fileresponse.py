@@ -304,7 +304,11 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
             request.finish()
             return
         if end - start <= BLOCK:
-            await _send_small(request, body, start, end)
+            # Usually one read that has fired already.
+            data = await body.read(start, end - start)
+            if len(data) < end - start:
+                data = b"".join([data, *await _read_rest(body, start + len(data), end)])
+            request.write(data)
         else:
             await BodyProducer(request, body, start, end).start()
         request.finish()
@@ -319,9 +323,9 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
         body.close()
 
 
-async def _send_small(request, body, start: int, end: int) -> None:
+async def _read_rest(body, start: int, end: int) -> list[bytes]:
     """
-    Small bodies skip the producer: usually a single already-fired read.
+    The parts of C{[start, end)} of a small body, read until all are in.
     """
     parts = []
     position = start
@@ -331,4 +335,4 @@ async def _send_small(request, body, start: int, end: int) -> None:
             raise IOError("the body ended before its announced size")
         parts.append(data)
         position += len(data)
-    request.write(b"".join(parts) if len(parts) > 1 else parts[0])
+    return parts

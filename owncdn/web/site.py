@@ -610,6 +610,13 @@ class OwnCDNSite(server.Site):
         self.draining = False
         self._drained: list[defer.Deferred] = []
 
+    def getResourceFor(self, request):
+        # Twisted's Site.getResourceFor, without copy.copy of a list
+        # that is always empty here.
+        request.site = self
+        request.sitepath = request.prepath[:]
+        return resource.getChildForRequest(self.resource, request)
+
     def getContentFile(self, length: int | None):
         """
         Where a request body goes: memory up to L{SPOOL_THRESHOLD}, else

@@ -40,6 +40,10 @@ def json_body(request, status: int, value) -> None:
     request.finish()
 
 
+# The parameter names asked for on every request, encoded once.
+_NAMES = {name: name.encode() for name in ("sid", "path", "version")}
+
+
 class Params:
     """
     The query parameters of one request, each given at most once.
@@ -49,7 +53,7 @@ class Params:
         self._args = request.args
 
     def get(self, name: str, default=None) -> str | None:
-        values = self._args.get(name.encode())
+        values = self._args.get(_NAMES.get(name) or name.encode())
         if values is None:
             return default
         if len(values) > 1:
