@@ -37,7 +37,9 @@ def report(stacks_path: Path, top: int) -> None:
     self_time: collections.Counter = collections.Counter()
     inclusive: collections.Counter = collections.Counter()
     total = skipped = 0
-    for line in stacks_path.read_text().splitlines():
+    for line in stacks_path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
         stack, _, count = line.rpartition(" ")
         count = int(count)
         frames = stack.split(";")

@@ -13,6 +13,7 @@ badly signed 5 GB S3 upload is refused before its first byte is read).
 """
 
 import json
+import re
 import secrets
 import tempfile
 import time
@@ -41,6 +42,10 @@ DRAIN_TIMEOUT = 30.0
 # How long an idle connection closed by the drain may take to go: a TLS
 # client that never answers the close_notify would otherwise hold it.
 IDLE_CLOSE_GRACE = 2.0
+# A request line twisted.web.http._parseRequestLine accepts: a token,
+# a target of bytes 33 to 176 (its bounds), HTTP/1.0 or 1.1, one space
+# between each.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\xb0]+) (HTTP/1\.[01])")
 # Writes up to this size go straight to the socket when the transport
 # has nothing queued; bigger ones (streamed bodies) through its buffer.
 DIRECT_SEND_LIMIT = 64 * 1024
@@ -388,8 +393,12 @@ class OwnCDNChannel(http.HTTPChannel):
             request = self.requestFactory(self, len(self.requests))
         self.requests.append(request)
         self._HTTPChannel__first_line = 0
+        parsed = _REQUEST_LINE.fullmatch(lines[0])
         try:
-            self._command, self._path, self._version = _parseRequestLine(lines[0])
+            # Twisted's parser checks the target one byte at a time in
+            # Python; it only has to say why a line is refused.
+            self._command, self._path, self._version = (
+                parsed.groups() if parsed is not None else _parseRequestLine(lines[0]))
         except ValueError:
             self._respondToBadRequestAndDisconnect()
             return False
