@@ -1018,3 +1018,39 @@ class RequestLineTests(SynchronousTestCase):
                 expected = None
             parsed = sitemod._REQUEST_LINE.fullmatch(line)
             self.assertEqual(parsed.groups() if parsed else None, expected, line)
+
+
+class WholeHeadFuzzTests(SiteTestMixin, SynchronousTestCase):
+    def test_random_headers_same_both_ways(self):
+        """Random header lines give the same answer and the same headers whole or trickled."""
+        import random
+        self.make_site()
+        pieces = [b"X-A", b"x-a", b"Host", b"Content-Length", b"Transfer-Encoding", b":", b": ",
+                  b"1", b"chunked", b"identity", b" ", b"\t", b"\x00", b"\r", b"\n", b"(",
+                  b"\xff", b"v"]
+        rng = random.Random(11)
+        self.seen = set()
+        for _ in range(400):
+            lines = [b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+                     for _ in range(rng.randint(1, 4))]
+            if any(not line or line[:1] in b" \t" or b"\r\n" in line or line.endswith(b"\r")
+                   for line in lines):
+                continue
+            data = head(b"GET", headers=lines)
+            self.resource.requests = []
+            whole, whole_t = self.connect()
+            whole.dataReceived(data)
+            whole_headers = [sorted(r.requestHeaders.getAllRawHeaders())
+                             for r in self.resource.requests]
+            self.resource.requests = []
+            trickled, trickled_t = self.connect()
+            for offset in range(len(data)):
+                if trickled_t.disconnecting:
+                    break
+                trickled.dataReceived(data[offset:offset + 1])
+            trickled_headers = [sorted(r.requestHeaders.getAllRawHeaders())
+                                for r in self.resource.requests]
+            self.seen.add(status_of(whole_t))
+            self.assertEqual(status_of(whole_t), status_of(trickled_t), lines)
+            self.assertEqual(whole_headers, trickled_headers, lines)
+        self.assertEqual(self.seen, {b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"})

@@ -29,7 +29,7 @@ from twisted.web import http, resource, server
 # Names taken from twisted.web.http once: the module is wrapped in a
 # deprecation proxy that makes each attribute lookup cost a microsecond.
 from twisted.web.http import _parseRequestLine
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import Interface
 
@@ -402,15 +402,55 @@ class OwnCDNChannel(http.HTTPChannel):
         except ValueError:
             self._respondToBadRequestAndDisconnect()
             return False
-        header_received = self.headerReceived
-        for index in range(1, len(lines)):
-            if not header_received(lines[index]):
-                return False
+        if not self._whole_headers(request, lines):
+            return False
         self.allHeadersReceived()
         if self.length == 0:
             self.allContentReceived()
         else:
             self.setRawMode()
+        return True
+
+    def _whole_headers(self, request, lines: list[bytes]) -> bool:
+        """
+        Twisted's headerReceived for each header line after the first
+        line, in one loop: the same checks (a colon, a token name, no
+        NUL, CR or LF in the value, the length headers, at most
+        maxHeaders), the value stored as addRawHeader stores it (it has
+        no line break to fold).
+
+        @return: whether all were accepted (else the request was refused).
+        """
+        raw = request.requestHeaders._rawHeaders
+        count = self._receivedHeaderCount
+        for index in range(1, len(lines)):
+            name, colon, value = lines[index].partition(b":")
+            if not colon:
+                self._respondToBadRequestAndDisconnect()
+                return False
+            try:
+                name = _nameEncoder.encode(name)
+            except InvalidHeaderName:
+                self._respondToBadRequestAndDisconnect()
+                return False
+            value = value.strip(b" \t")
+            if b"\x00" in value or b"\r" in value or b"\n" in value:
+                self._respondToBadRequestAndDisconnect()
+                return False
+            if ((name == b"Content-Length" or name == b"Transfer-Encoding")
+                    and not self._maybeChooseTransferDecoder(name, value)):
+                return False
+            values = raw.get(name)
+            if values is None:
+                raw[name] = [value]
+            else:
+                values.append(value)
+            count += 1
+            if count > self.maxHeaders:
+                self._receivedHeaderCount = count
+                self._respondToBadRequestAndDisconnect()
+                return False
+        self._receivedHeaderCount = count
         return True
 
     def setTimeout(self, period):
