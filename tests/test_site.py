@@ -1054,3 +1054,32 @@ class WholeHeadFuzzTests(SiteTestMixin, SynchronousTestCase):
             self.assertEqual(status_of(whole_t), status_of(trickled_t), lines)
             self.assertEqual(whole_headers, trickled_headers, lines)
         self.assertEqual(self.seen, {b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"})
+
+
+class HeadBookkeepingTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site()
+
+    def test_100_continue(self):
+        """An accepted HTTP/1.1 upload that expects 100-continue gets it before the answer."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 3",
+                                                   b"Expect: 100-Continue"]))
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        channel.dataReceived(b"abc")
+        self.assertEqual(self.resource.bodies[0][1], b"abc")
+        self.assertIn(b"200 OK", transport.value())
+
+    def test_no_100_continue_for_http_10(self):
+        """HTTP/1.0 clients never get a 100 Continue."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"PUT / HTTP/1.0\r\nContent-Length: 3\r\n"
+                             b"Expect: 100-continue\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_cookies_and_persistence(self):
+        """Cookies are parsed as Twisted parses them and Connection: close is honoured."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(headers=[b"Cookie: a=1; b=2", b"Connection: close"]))
+        self.assertEqual(self.resource.requests[0].received_cookies, {b"a": b"1", b"b": b"2"})
+        self.assertTrue(transport.disconnecting)

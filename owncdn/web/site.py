@@ -533,7 +533,18 @@ class OwnCDNChannel(http.HTTPChannel):
         self._head_since = None
         self._last_data = self.site.reactor.seconds()
         self.busy = True
-        super().allHeadersReceived()
+        # Twisted's allHeadersReceived, looking up Cookie and Expect in
+        # the headers' dictionary instead of through a Headers call each.
+        request = self.requests[-1]
+        raw = request.requestHeaders._rawHeaders
+        if b"Cookie" in raw:
+            request.parseCookies()
+        self.persistent = self.checkPersistence(request, self._version)
+        request.gotLength(self.length)
+        # Read after gotLength: a request refused there drops its Expect.
+        expect = raw.get(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
+            self._send100Continue()
 
     def requestDone(self, request):
         self.busy = False
