@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from owncdn.web import channel as channelmod
 from owncdn.web import site as sitemod
 from owncdn.web.site import SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
 
@@ -994,7 +995,7 @@ class StreamingTests(TestCase):
         return self.fetch_twice(16 * 1024)
 
     def test_pieces_at_the_direct_limit(self):
-        return self.fetch_twice(sitemod.DIRECT_SEND_LIMIT)
+        return self.fetch_twice(channelmod.DIRECT_SEND_LIMIT)
 
     def test_large_pieces(self):
         return self.fetch_twice(1024 * 1024)
@@ -1016,7 +1017,7 @@ class RequestLineTests(SynchronousTestCase):
                 expected = _parseRequestLine(line)
             except ValueError:
                 expected = None
-            parsed = sitemod._REQUEST_LINE.fullmatch(line)
+            parsed = channelmod._REQUEST_LINE.fullmatch(line)
             self.assertEqual(parsed.groups() if parsed else None, expected, line)
 
 
