@@ -30,14 +30,17 @@ from common import READER, ROOT, Daemon, upload, wrk, write_config  # noqa: E402
 # /proc/PID/stat shows the daemon's system time is about 15% of its CPU
 # time, so the report leaves these samples out and shows where the
 # Python (user) time goes.
-SYSCALL_LEAVES = ("untilConcludes (", "EPollReactor.doPoll (")
+# OwnCDNChannel._send is where a response goes straight to the socket.
+SYSCALL_LEAVES = ("untilConcludes (", "EPollReactor.doPoll (", "OwnCDNChannel._send (")
 
 
 def report(stacks_path: Path, top: int) -> None:
     self_time: collections.Counter = collections.Counter()
     inclusive: collections.Counter = collections.Counter()
     total = skipped = 0
-    for line in stacks_path.read_text().splitlines():
+    for line in stacks_path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
         stack, _, count = line.rpartition(" ")
         count = int(count)
         frames = stack.split(";")

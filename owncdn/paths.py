@@ -2,9 +2,12 @@
 The one place that decides whether a file path is acceptable.
 """
 
+import re
+
 from owncdn.errors import InvalidPath
 
 MAX_PATH_BYTES = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def normalize_path(raw: str) -> str:
@@ -16,9 +19,15 @@ def normalize_path(raw: str) -> str:
         characters, an empty path, or more than 1024 bytes of UTF-8.
     """
     path = raw[1:] if raw.startswith("/") else raw
+    # The common case in one pass each: ASCII (so as many bytes as
+    # characters), no control character, and no segment that starts
+    # with a dot (so no "." or ".." segment).
+    if (path and len(path) <= MAX_PATH_BYTES and path.isascii() and not path.startswith(".")
+            and "/." not in path and _CONTROL.search(path) is None):
+        return path
     if not path:
         raise InvalidPath("the path is empty")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if _CONTROL.search(path):
         raise InvalidPath("the path contains a control character")
     try:
         encoded = path.encode("utf-8")

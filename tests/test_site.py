@@ -10,13 +10,14 @@ import os
 from io import BytesIO
 from pathlib import Path
 
-from twisted.internet import task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from owncdn.web import channel as channelmod
 from owncdn.web import site as sitemod
 from owncdn.web.site import SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
 
@@ -544,3 +545,542 @@ class DrainTests(SiteTestMixin, SynchronousTestCase):
         channel.connectionLost(Exception("aborted"))
         self.successResultOf(d)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def head_of_size(size: int) -> bytes:
+    """
+    A request head whose lines (without their CRLFs, as Twisted counts
+    them) add up to exactly C{size} bytes.
+    """
+    first = b"GET / HTTP/1.1"
+    host = b"Host: example"
+    pad = size - len(first) - len(host) - len(b"X-Pad: ")
+    lines = [first, host]
+    while pad > 8000:
+        # Each header line stays under the 16 KiB line limit.
+        lines.append(b"X-Pad: " + b"p" * 7000)
+        pad -= 7000 + len(b"X-Pad: ")
+    lines.append(b"X-Pad: " + b"p" * pad)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class HeadLimitDeliveryTests(SiteTestMixin, SynchronousTestCase):
+    """
+    The head limits give the same answer however the head is cut into
+    packets: all at once, one byte at a time, or in pieces of any size.
+    """
+
+    def setUp(self):
+        self.make_site()
+
+    def send(self, data: bytes, piece: int):
+        channel, transport = self.connect()
+        for offset in range(0, len(data), piece):
+            channel.dataReceived(data[offset:offset + piece])
+            if transport.disconnecting:
+                break
+        return channel, transport
+
+    def test_head_at_the_limit_accepted(self):
+        """A head of exactly 16 KiB is served, in any packet size."""
+        limit = self.site.protocol.totalHeadersSize
+        for piece in (1, 7, 1000, 100000):
+            channel, transport = self.send(head_of_size(limit), piece)
+            self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK", piece)
+            self.assertFalse(transport.disconnecting)
+
+    def test_head_over_the_limit_refused(self):
+        """One byte more gets 431 and a close, in any packet size."""
+        limit = self.site.protocol.totalHeadersSize
+        for piece in (1, 7, 1000, 100000):
+            channel, transport = self.send(head_of_size(limit + 1), piece)
+            self.assertEqual(status_of(transport),
+                             b"HTTP/1.1 431 Request Header Fields Too Large", piece)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_long_request_line_refused_in_pieces(self):
+        """A request line over 16 KiB gets 414 whether it arrives at once or trickles."""
+        data = head(path=b"/" + b"a" * 20000)
+        for piece in (1, 100, 4096, len(data)):
+            channel, transport = self.send(data, piece)
+            self.assertEqual(status_of(transport), b"HTTP/1.1 414 URI Too Long", piece)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_request_line_over_total_refused_with_414(self):
+        """A request line under the line limit but over the head total still gets 414."""
+        self.site.protocol = type("Small", (self.site.protocol,), {"totalHeadersSize": 100})
+        channel, transport = self.send(head(path=b"/" + b"a" * 200), 1000)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 414 URI Too Long")
+
+    def test_other_bad_heads_still_400(self):
+        """A malformed head within the limits still gets Twisted's plain 400."""
+        channel, transport = self.send(head(headers=[b"No colon here"]), 3)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 400 Bad Request")
+        self.assertTrue(transport.disconnecting)
+
+
+class KeepAliveTests(SiteTestMixin, SynchronousTestCase):
+    """
+    Many requests on one connection: answers in order, the head deadline
+    counted from the end of the last response, and one timer for the
+    whole connection.
+    """
+
+    def setUp(self):
+        self.make_site()
+
+    def test_pipelined_requests_answered_in_order(self):
+        """Requests sent together are answered one after the other, in order."""
+        class Echo(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setHeader(b"content-length", b"%d" % len(request.path))
+                return request.path
+
+        self.make_site(resource=Echo())
+        channel, transport = self.connect()
+        paths = [b"/r%d" % n for n in range(20)]
+        channel.dataReceived(b"".join(head(path=p) for p in paths))
+        bodies = [part.split(b"\r\n\r\n", 1)[1][:len(p)]
+                  for part, p in zip(transport.value().split(b"HTTP/1.1 200 OK")[1:], paths)]
+        self.assertEqual(bodies, paths)
+
+    def test_deadline_counts_from_last_response(self):
+        """After many requests, the next head still gets exactly headerTimeout."""
+        channel, transport = self.connect()
+        for _ in range(50):
+            self.clock.advance(TIMEOUT - 1)
+            channel.dataReceived(head())
+        self.assertEqual(len(self.resource.requests), 50)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        channel.dataReceived(b"GET / HT")
+        self.clock.advance(TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(len(self.resource.requests), 50)
+
+    def test_timer_gone_with_connection(self):
+        """A closed connection leaves no timer behind."""
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        channel.connectionLost(Exception("closed"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_head_response_sent_without_body(self):
+        """A HEAD response goes out at once, head only."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"HEAD"))
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+
+    def test_head_written_before_a_slow_body(self):
+        """A response whose body comes later has its head on the wire as soon as it is written."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        request = self.resource.requests[0]
+        request.setHeader(b"content-length", b"4")
+        request.write(b"")
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+        request.write(b"done")
+        request.finish()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\ndone"))
+
+    def test_date_header(self):
+        """Every response has a current Date header."""
+        channel, transport = self.connect()
+        channel.dataReceived(head())
+        request = self.resource.requests[0]
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"date"),
+                         [sitemod.http.datetimeToString()])
+
+
+class Sized(Resource):
+    """
+    Answers C{/<n>} with n bytes of a pattern and a Content-Length.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        size = int(request.path[1:])
+        body = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+        request.setHeader(b"content-length", b"%d" % size)
+        return body
+
+
+class Collector(protocol.Protocol):
+    def __init__(self):
+        self.received = []
+        self.closed = defer.Deferred()
+
+    def connectionLost(self, reason):
+        self.closed.callback(b"".join(self.received))
+
+    def dataReceived(self, data):
+        self.received.append(data)
+
+
+def split_responses(data: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    (status line, body) of each response in C{data}, by Content-Length.
+    """
+    responses = []
+    while data:
+        head_bytes, data = data.split(b"\r\n\r\n", 1)
+        lines = head_bytes.split(b"\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        responses.append((lines[0], data[:length]))
+        data = data[length:]
+    return responses
+
+
+class RealSocketTests(SiteTestMixin, TestCase):
+    """
+    Responses written straight to a real TCP socket: whole, and in
+    order, whatever their sizes and however many are pipelined.
+    """
+
+    def setUp(self):
+        self.site = OwnCDNSite(Sized(), spool_dir=Path(self.mktemp()), max_upload_size=LIMIT,
+                               header_timeout=TIMEOUT)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    @defer.inlineCallbacks
+    def exchange(self, requests: bytes):
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            client)
+        client.transport.write(requests)
+        data = yield client.closed
+        return split_responses(data)
+
+    @defer.inlineCallbacks
+    def test_pipelined_small_and_large_in_order(self):
+        """Small and multi-megabyte answers to pipelined requests arrive whole and in order."""
+        sizes = [10, 3 * 1024 * 1024, 1, 70000, 0, 2 * 1024 * 1024, 5]
+        requests = b"".join(head(path=b"/%d" % size) for size in sizes)
+        requests += head(path=b"/7", headers=[b"Connection: close"])
+        responses = yield self.exchange(requests)
+        sizes.append(7)
+        self.assertEqual([status for status, _ in responses], [b"HTTP/1.1 200 OK"] * len(sizes))
+        self.assertEqual([len(body) for _, body in responses], sizes)
+        for (_, body), size in zip(responses, sizes):
+            self.assertEqual(body, (b"0123456789abcdef" * (size // 16 + 1))[:size])
+
+    @defer.inlineCallbacks
+    def test_nothing_sent_after_abort(self):
+        """Once a response is cut off, nothing written after the cut reaches the client."""
+        class CutOff(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setHeader(b"content-length", b"100")
+                request.write(b"first")
+                request.channel.transport.abortConnection()
+                request.write(b"second")
+                return NOT_DONE_YET
+
+        self.site.resource = CutOff()
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            client)
+        client.transport.write(head())
+        data = yield client.closed
+        self.assertNotIn(b"second", data)
+
+    @defer.inlineCallbacks
+    def test_head_requests(self):
+        """HEAD answers carry no body, and the next answer follows them intact."""
+        requests = head(b"HEAD", b"/100") + head(path=b"/3", headers=[b"Connection: close"])
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            client)
+        client.transport.write(requests)
+        data = yield client.closed
+        first, second = data.split(b"\r\n\r\n", 1)
+        self.assertIn(b"Content-Length: 100", first)
+        self.assertTrue(second.startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(second.endswith(b"\r\n\r\n012"))
+
+
+class WholeHeadTests(SiteTestMixin, SynchronousTestCase):
+    """
+    Heads that arrive whole are held to the same rules as heads that
+    arrive in pieces.
+    """
+
+    def setUp(self):
+        self.make_site()
+
+    def both_ways(self, data: bytes):
+        """
+        The transports of C{data} sent all at once and byte by byte.
+        """
+        whole, whole_transport = self.connect()
+        whole.dataReceived(data)
+        trickled, trickled_transport = self.connect()
+        for offset in range(len(data)):
+            if trickled_transport.disconnecting:
+                break
+            trickled.dataReceived(data[offset:offset + 1])
+        return whole_transport, trickled_transport
+
+    def assert_same(self, data: bytes, status: bytes):
+        whole, trickled = self.both_ways(data)
+        self.assertEqual(status_of(whole), status)
+        self.assertEqual(whole.value(), trickled.value())
+        self.assertEqual(whole.disconnecting, trickled.disconnecting)
+
+    def test_folded_header(self):
+        """A folded (obsolete continuation) header line is joined as Twisted joins it."""
+        self.assert_same(head(headers=[b"X-Folded: one", b" two"]), b"HTTP/1.1 200 OK")
+        first, second = self.resource.requests
+        self.assertEqual(first.requestHeaders.getRawHeaders(b"x-folded"), [b"one two"])
+        self.assertEqual(second.requestHeaders.getRawHeaders(b"x-folded"), [b"one two"])
+
+    def test_blank_line_before_request(self):
+        """One stray CRLF before a request line is skipped."""
+        self.assert_same(b"\r\n" + head(), b"HTTP/1.1 200 OK")
+
+    def test_bad_headers(self):
+        """Headers without a colon, with a bad name or a NUL get 400 either way."""
+        for bad in (b"No colon", b"Bad Name: x", b"X-Nul: a\x00b", b"Content-Length: x"):
+            self.assert_same(head(headers=[bad]), b"HTTP/1.1 400 Bad Request")
+        self.assertEqual(self.resource.requests, [])
+
+    def test_two_lengths(self):
+        """A request with both Content-Length and chunked coding gets 400 either way."""
+        self.assert_same(head(b"PUT", headers=[b"Content-Length: 3",
+                                               b"Transfer-Encoding: chunked"]) + b"abc",
+                         b"HTTP/1.1 400 Bad Request")
+
+    def test_too_many_headers(self):
+        """More than Twisted's 500 headers gets 400 either way."""
+        self.assert_same(head(headers=[b"X-%d: v" % n for n in range(501)]),
+                         b"HTTP/1.1 400 Bad Request")
+
+    def test_http_10_closes(self):
+        """An HTTP/1.0 request is answered, then the connection closes."""
+        self.assert_same(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", b"HTTP/1.0 200 OK")
+
+    def test_pipelined_with_bodies(self):
+        """Heads and bodies sent together reach the resource in order, each body its own."""
+        data = (head(b"PUT", b"/a", [b"Content-Length: 3"]) + b"one"
+                + head(b"GET", b"/b")
+                + head(b"PUT", b"/c", [b"Transfer-Encoding: chunked"]) + chunk(b"three")
+                + b"0\r\n\r\n" + head(b"GET", b"/d"))
+        self.assert_same(data, b"HTTP/1.1 200 OK")
+        paths = [request.path for request in self.resource.requests]
+        self.assertEqual(paths, [b"/a", b"/b", b"/c", b"/d"] * 2)
+        bodies = [body for _, body in self.resource.bodies]
+        self.assertEqual(bodies, [b"one", b"", b"three", b""] * 2)
+
+    def test_pipelined_behind_slow_response(self):
+        """Requests that arrive while one is in progress wait for it and are then answered."""
+        self.resource.hold = True
+        channel, transport = self.connect()
+        channel.dataReceived(head(path=b"/1"))
+        channel.dataReceived(head(path=b"/2") + head(path=b"/3"))
+        self.assertEqual(len(self.resource.requests), 1)
+        self.resource.hold = False
+        self.resource.requests[0].finish()
+        self.assertEqual([r.path for r in self.resource.requests], [b"/1", b"/2", b"/3"])
+        self.assertEqual(transport.value().count(b"200 OK"), 3)
+
+
+class PutHeadersTests(SynchronousTestCase):
+    def test_same_as_set_header(self):
+        """Headers put directly are the ones setHeader would set, and setting one again replaces it."""
+        from twisted.web.test.requesthelper import DummyRequest
+        put, set_ = DummyRequest([b""]), DummyRequest([b""])
+        pairs = [(b"ETag", b'"abc"'), (b"Last-Modified", b"Thu, 01 Jan 1970 00:00:00 GMT"),
+                 (b"Accept-Ranges", b"bytes"), (b"Content-Length", b"10"),
+                 (b"Server", b"x"), (b"Date", b"y")]
+        sitemod.put_headers(put, pairs)
+        for name, value in pairs:
+            set_.setHeader(name.lower(), value)
+        self.assertEqual(sorted(put.responseHeaders.getAllRawHeaders()),
+                         sorted(set_.responseHeaders.getAllRawHeaders()))
+        put.responseHeaders.setRawHeaders(b"etag", [b'"new"'])
+        self.assertEqual(put.responseHeaders.getRawHeaders(b"etag"), [b'"new"'])
+
+
+class ParseQueryTests(SynchronousTestCase):
+    def test_same_as_twisted(self):
+        """On 20,000 random queries the arguments are exactly Twisted's parse_qs(query, 1)."""
+        import random
+
+        from twisted.web.http import parse_qs
+        pieces = [b"a", b"b", b"=", b"&", b";", b"%", b"%2", b"%41", b"%zz", b"+", b"%2B", b"\xff",
+                  b"path", b"sid", b" "]
+        rng = random.Random(5)
+        for _ in range(20000):
+            query = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+            self.assertEqual(sitemod.parse_query(query), parse_qs(query, 1), query)
+
+    def test_request_args(self):
+        """A request's args and path come from its target as before."""
+        site = OwnCDNSite(Recorder(), spool_dir=Path(self.mktemp()), max_upload_size=LIMIT,
+                          header_timeout=TIMEOUT, reactor=task.Clock())
+        channel = site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(head(path=b"/getfile?sid=files&path=a%20b+c&path=&x"))
+        request = site.resource.requests[0]
+        self.assertEqual(request.path, b"/getfile")
+        self.assertEqual(request.args, {b"sid": [b"files"], b"path": [b"a b c", b""]})
+
+
+class Streamed(Resource):
+    """
+    Streams C{size} bytes held in memory as pieces of C{piece} bytes,
+    the way a memory-cache hit on a big item is sent (send_file's
+    producer).
+    """
+
+    isLeaf = True
+
+    def __init__(self, size: int, piece: int):
+        super().__init__()
+        from owncdn.interfaces import FileInfo
+        from owncdn.services.memorycache import CachedFile
+        self.data = os.urandom(size)
+        pieces = [self.data[n:n + piece] for n in range(0, size, piece)]
+        self.body = CachedFile(FileInfo("big", size, 0.0, "e" * 32, "application/octet-stream"),
+                               pieces, 0, 0.0)
+
+    def render(self, request):
+        from owncdn.web.fileresponse import send_file
+        defer.Deferred.fromCoroutine(send_file(request, self.body))
+        return NOT_DONE_YET
+
+
+class StreamingTests(TestCase):
+    """
+    A big response streamed by a producer in writes small enough to go
+    straight to the socket still arrives whole, however slowly the
+    client reads.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def fetch_twice(self, piece: int):
+        resource = Streamed(8 * 1024 * 1024, piece)
+        site = OwnCDNSite(resource, spool_dir=Path(self.mktemp()), max_upload_size=LIMIT,
+                          header_timeout=TIMEOUT)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+        client.transport.write(head(path=b"/big") + head(path=b"/big", headers=[b"Connection: close"]))
+        data = yield client.closed
+        responses = split_responses(data)
+        self.assertEqual([body == resource.data for _, body in responses], [True, True])
+
+    def test_small_pieces(self):
+        return self.fetch_twice(16 * 1024)
+
+    def test_pieces_at_the_direct_limit(self):
+        return self.fetch_twice(channelmod.DIRECT_SEND_LIMIT)
+
+    def test_large_pieces(self):
+        return self.fetch_twice(1024 * 1024)
+
+
+class RequestLineTests(SynchronousTestCase):
+    def test_same_as_twisted(self):
+        """On 30,000 random request lines the quick check agrees with Twisted's parser."""
+        import random
+
+        from twisted.web.http import _parseRequestLine
+        pieces = [b"GET", b"get", b" ", b"  ", b"/", b"/a?b=c", b"HTTP/1.1", b"HTTP/1.0",
+                  b"HTTP/2.0", b"\x00", b"\x7f", b"\xb0", b"\xb1", b"\xff", b"\t", b"@", b"(",
+                  b"~", b"!"]
+        rng = random.Random(7)
+        for _ in range(30000):
+            line = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+            try:
+                expected = _parseRequestLine(line)
+            except ValueError:
+                expected = None
+            parsed = channelmod._REQUEST_LINE.fullmatch(line)
+            self.assertEqual(parsed.groups() if parsed else None, expected, line)
+
+
+class WholeHeadFuzzTests(SiteTestMixin, SynchronousTestCase):
+    def test_random_headers_same_both_ways(self):
+        """Random header lines give the same answer and the same headers whole or trickled."""
+        import random
+        self.make_site()
+        pieces = [b"X-A", b"x-a", b"Host", b"Content-Length", b"Transfer-Encoding", b":", b": ",
+                  b"1", b"chunked", b"identity", b" ", b"\t", b"\x00", b"\r", b"\n", b"(",
+                  b"\xff", b"v"]
+        rng = random.Random(11)
+        self.seen = set()
+        for _ in range(400):
+            lines = [b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+                     for _ in range(rng.randint(1, 4))]
+            if any(not line or line[:1] in b" \t" or b"\r\n" in line or line.endswith(b"\r")
+                   for line in lines):
+                continue
+            data = head(b"GET", headers=lines)
+            self.resource.requests = []
+            whole, whole_t = self.connect()
+            whole.dataReceived(data)
+            whole_headers = [sorted(r.requestHeaders.getAllRawHeaders())
+                             for r in self.resource.requests]
+            self.resource.requests = []
+            trickled, trickled_t = self.connect()
+            for offset in range(len(data)):
+                if trickled_t.disconnecting:
+                    break
+                trickled.dataReceived(data[offset:offset + 1])
+            trickled_headers = [sorted(r.requestHeaders.getAllRawHeaders())
+                                for r in self.resource.requests]
+            self.seen.add(status_of(whole_t))
+            self.assertEqual(status_of(whole_t), status_of(trickled_t), lines)
+            self.assertEqual(whole_headers, trickled_headers, lines)
+        self.assertEqual(self.seen, {b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"})
+
+
+class HeadBookkeepingTests(SiteTestMixin, SynchronousTestCase):
+    def setUp(self):
+        self.make_site()
+
+    def test_100_continue(self):
+        """An accepted HTTP/1.1 upload that expects 100-continue gets it before the answer."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 3",
+                                                   b"Expect: 100-Continue"]))
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        channel.dataReceived(b"abc")
+        self.assertEqual(self.resource.bodies[0][1], b"abc")
+        self.assertIn(b"200 OK", transport.value())
+
+    def test_no_100_continue_for_http_10(self):
+        """HTTP/1.0 clients never get a 100 Continue."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"PUT / HTTP/1.0\r\nContent-Length: 3\r\n"
+                             b"Expect: 100-continue\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_cookies_and_persistence(self):
+        """Cookies are parsed as Twisted parses them and Connection: close is honoured."""
+        channel, transport = self.connect()
+        channel.dataReceived(head(headers=[b"Cookie: a=1; b=2", b"Connection: close"]))
+        self.assertEqual(self.resource.requests[0].received_cookies, {b"a": b"1", b"b": b"2"})
+        self.assertTrue(transport.disconnecting)

@@ -16,9 +16,13 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from owncdn.interfaces import FileInfo
+from owncdn.web.site import put_headers
 
 BLOCK = 1024 * 1024
 _DIGITS = re.compile(rb"[0-9]*")
+# Request headers by the canonical names Twisted's Headers keeps them under.
+_CONDITIONALS = frozenset((b"If-Match", b"If-None-Match", b"If-Modified-Since",
+                           b"If-Unmodified-Since"))
 
 
 def http_date(seconds: float) -> bytes:
@@ -68,21 +72,32 @@ def precondition_status(request, info: FileInfo) -> int | None:
     C{If-Unmodified-Since}, 304 for C{If-None-Match} /
     C{If-Modified-Since} on an unchanged file; else C{None}.
     """
-    get = request.requestHeaders.getRawHeaders
+    return _precondition_status(dict(request.requestHeaders.getAllRawHeaders()),
+                                request.method, info)
+
+
+def _precondition_status(headers: dict, method: bytes, info: FileInfo) -> int | None:
+    """
+    L{precondition_status} on the request's headers by canonical name
+    (as L{Headers.getAllRawHeaders} gives them).
+    """
+    if _CONDITIONALS.isdisjoint(headers):
+        return None
+    get = headers.get
     modified = int(info.modified)
-    if_match = get(b"if-match")
+    if_match = get(b"If-Match")
     if if_match is not None:
         if not _etag_matches(if_match[0], info):
             return 412
-    elif (since := get(b"if-unmodified-since")) is not None:
+    elif (since := get(b"If-Unmodified-Since")) is not None:
         since = parse_http_date(since[0])
         if since is not None and modified > since:
             return 412
-    if_none_match = get(b"if-none-match")
+    if_none_match = get(b"If-None-Match")
     if if_none_match is not None:
         if _etag_matches(if_none_match[0], info):
             return 304
-    elif request.method in (b"GET", b"HEAD") and (since := get(b"if-modified-since")):
+    elif method in (b"GET", b"HEAD") and (since := get(b"If-Modified-Since")):
         since = parse_http_date(since[0])
         if since is not None and modified <= since:
             return 304
@@ -243,12 +258,14 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
     """
     info: FileInfo = body.info
     try:
-        for name, value in (extra_headers or {}).items():
-            request.setHeader(name, value)
-        request.setHeader(b"etag", quoted_etag(info))
-        request.setHeader(b"last-modified", http_date(info.modified))
-        request.setHeader(b"accept-ranges", b"bytes")
-        status = precondition_status(request, info)
+        if extra_headers:
+            for name, value in extra_headers.items():
+                request.setHeader(name, value)
+        put_headers(request, ((b"ETag", quoted_etag(info)),
+                              (b"Last-Modified", http_date(info.modified)),
+                              (b"Accept-Ranges", b"bytes")))
+        asked = dict(request.requestHeaders.getAllRawHeaders())
+        status = _precondition_status(asked, request.method, info)
         if status is not None:
             request.setResponseCode(status)
             if status == 412:
@@ -257,7 +274,9 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
             request.finish()
             return
         request.setHeader(b"content-type", info.content_type.encode("latin-1", "replace"))
-        range_header = request.getHeader(b"range")
+        range_header = asked.get(b"Range")
+        if range_header is not None:
+            range_header = range_header[-1]
         alternate = body.alternate("br") if allow_br else None
         if alternate is not None:
             request.responseHeaders.addRawHeader(b"vary", b"Accept-Encoding")
@@ -280,12 +299,16 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
         if byte_range is not None:
             request.setResponseCode(206)
             request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end - 1, size))
-        request.setHeader(b"content-length", b"%d" % (end - start))
+        put_headers(request, ((b"Content-Length", b"%d" % (end - start)),))
         if request.method == b"HEAD" or start == end:
             request.finish()
             return
         if end - start <= BLOCK:
-            await _send_small(request, body, start, end)
+            # Usually one read that has fired already.
+            data = await body.read(start, end - start)
+            if len(data) < end - start:
+                data = b"".join([data, *await _read_rest(body, start + len(data), end)])
+            request.write(data)
         else:
             await BodyProducer(request, body, start, end).start()
         request.finish()
@@ -300,9 +323,9 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
         body.close()
 
 
-async def _send_small(request, body, start: int, end: int) -> None:
+async def _read_rest(body, start: int, end: int) -> list[bytes]:
     """
-    Small bodies skip the producer: usually a single already-fired read.
+    The parts of C{[start, end)} of a small body, read until all are in.
     """
     parts = []
     position = start
@@ -312,4 +335,4 @@ async def _send_small(request, body, start: int, end: int) -> None:
             raise IOError("the body ended before its announced size")
         parts.append(data)
         position += len(data)
-    request.write(b"".join(parts) if len(parts) > 1 else parts[0])
+    return parts

@@ -3,7 +3,9 @@ The base of every leaf resource that answers asynchronously.
 
 C{render} starts the C{async def handle} coroutine, returns
 C{NOT_DONE_YET}, and cancels the coroutine when the client goes away;
-errors become the mode's own error response, never a traceback.
+errors become the mode's own error response, never a traceback.  An
+answer that needs no waiting (a memory-cache hit, a small file the
+storage service holds in memory) is given without any Deferred.
 """
 
 from twisted.internet import defer
@@ -20,7 +22,16 @@ class AsyncResource(Resource):
     isLeaf = True
 
     def render(self, request):
-        d = defer.Deferred.fromCoroutine(self._run(request))
+        running = self._run(request)
+        try:
+            # Run it until it first waits: everything it awaits until
+            # then has fired already.
+            running.send(None)
+        except StopIteration:
+            return NOT_DONE_YET
+        # It waits for a Deferred: from here on Twisted drives it, and
+        # resuming it first hands that same Deferred back.
+        d = defer.Deferred.fromCoroutine(running)
         if not d.called:
             request.notifyFinish().addErrback(lambda _: d.cancel())
         return NOT_DONE_YET

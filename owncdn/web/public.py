@@ -64,7 +64,7 @@ class PublicBinding(AsyncResource):
         if not raw:
             raise errors.NoSuchFile("a public binding serves files, not folders")
         try:
-            path = unquote_to_bytes(raw).decode("utf-8")
+            path = (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
         except UnicodeDecodeError:
             raise errors.InvalidPath("the path is not valid UTF-8") from None
         source_path = self.options["sourcePath"]

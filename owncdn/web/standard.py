@@ -40,6 +40,10 @@ def json_body(request, status: int, value) -> None:
     request.finish()
 
 
+# The parameter names asked for on every request, encoded once.
+_NAMES = {name: name.encode() for name in ("sid", "path", "version")}
+
+
 class Params:
     """
     The query parameters of one request, each given at most once.
@@ -49,7 +53,7 @@ class Params:
         self._args = request.args
 
     def get(self, name: str, default=None) -> str | None:
-        values = self._args.get(name.encode())
+        values = self._args.get(_NAMES.get(name) or name.encode())
         if values is None:
             return default
         if len(values) > 1:
@@ -251,6 +255,10 @@ FUNCTIONS = {
 }
 
 
+# The usual request targets, /getfile and so on, without decoding.
+_BY_PATH = {b"/" + name.encode(): (name, function) for name, function in FUNCTIONS.items()}
+
+
 class StandardAPI(AsyncResource):
     """
     The standard-mode endpoint: C{/<function>?<params>}.
@@ -261,6 +269,9 @@ class StandardAPI(AsyncResource):
         self.state = state
         self.cors = cors
         self._openapi = OPENAPI_PATH.read_bytes()
+        # The configured services are fixed for the daemon's life (a
+        # reload changes keys and replication sources only).
+        self._service_ids = frozenset(s.id for s in state.config.services)
 
     async def handle(self, request):
         request.logged_service = "api"
@@ -269,16 +280,20 @@ class StandardAPI(AsyncResource):
             request.setHeader(b"access-control-expose-headers",
                               b"ETag, Content-Length, Content-Range, x-owncdn-version")
         key = self.state.keys.by_value(request.getHeader(b"x-owncdn-key"))
-        try:
-            name = request.path.decode("utf-8").lstrip("/")
-        except UnicodeDecodeError:
-            raise errors.NoSuchFunction("the function name is not valid UTF-8") from None
-        if name == "openapi.json" and request.method in (b"GET", b"HEAD"):
-            self._send_openapi(request)
-            return
-        function = FUNCTIONS.get(name)
-        if function is None:
-            raise errors.NoSuchFunction(f"there is no function {name[:100]!r}")
+        named = _BY_PATH.get(request.path)
+        if named is not None:
+            name, function = named
+        else:
+            try:
+                name = request.path.decode("utf-8").lstrip("/")
+            except UnicodeDecodeError:
+                raise errors.NoSuchFunction("the function name is not valid UTF-8") from None
+            if name == "openapi.json" and request.method in (b"GET", b"HEAD"):
+                self._send_openapi(request)
+                return
+            function = FUNCTIONS.get(name)
+            if function is None:
+                raise errors.NoSuchFunction(f"there is no function {name[:100]!r}")
         if request.method not in function.methods:
             request.setHeader(b"allow", b", ".join(function.methods))
             raise errors.MethodNotAllowed(
@@ -286,7 +301,7 @@ class StandardAPI(AsyncResource):
         call = Call(request, Params(request), key, self.state)
         if function.level is not None:
             call.sid = call.params.required("sid")
-            if self.state.config.service(call.sid) is None:
+            if call.sid not in self._service_ids:
                 raise errors.NoSuchService(f"no service {call.sid!r}")
             require(key, call.sid, function.level)
             if not function.web_service:
