@@ -136,8 +136,9 @@ class BodyDigests:
     The digests of a body as it is read, block by block: those the body
     offers (L{offered_digest}) are taken from it, the others computed
     here, in the caller's thread for the first block and, once a second
-    block shows the body is big, in a L{BackgroundDigests} thread.  A
-    context manager, like L{BackgroundDigests}.
+    block shows the body is big, each in a L{BackgroundDigests} thread
+    of its own (MD5 alone takes as long as the inserts of the blocks).
+    A context manager, like L{BackgroundDigests}.
     """
 
     def __init__(self, body: object, algorithms: Iterable[str]):
@@ -150,32 +151,32 @@ class BodyDigests:
                 self._own.append(offered)
             self._digests[algorithm] = offered
         self._blocks = 0
-        self._background: BackgroundDigests | None = None
+        self._background: list[BackgroundDigests] = []
 
     def update(self, block: bytes) -> None:
         self._blocks += 1
-        if not self._own:
-            return
         if self._blocks == 2:
-            self._background = BackgroundDigests(self._own)
-        if self._background is None:
+            for digest in self._own:
+                self._background.append(BackgroundDigests([digest]))
+        if self._background:
+            for background in self._background:
+                background.update(block)
+        else:
             for digest in self._own:
                 digest.update(block)
-        else:
-            self._background.update(block)
 
     def finish(self) -> dict[str, bytes]:
         """
         The digests of every block given, by algorithm, once the body
         has been read to its end.
         """
-        if self._background is not None:
-            self._background.finish()
+        for background in self._background:
+            background.finish()
         return {algorithm: digest.digest() for algorithm, digest in self._digests.items()}
 
     def close(self) -> None:
-        if self._background is not None:
-            self._background.close()
+        for background in self._background:
+            background.close()
 
     def __enter__(self) -> "BodyDigests":
         return self
