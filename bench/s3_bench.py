@@ -6,7 +6,7 @@ s3_load.py), and a 1 GiB PutObject in one part and in 16 MiB parts.
 
     .venv/bin/python bench/s3_bench.py [--seconds 10] [--connections 32]
         [--big-size 1024] [--servers owncdn,owncdn-nofsync,moto,s3rver]
-        [--big-servers owncdn,s3rver] [--profile]
+        [--big-servers owncdn,s3rver] [--big-only] [--profile]
 
 Install the other servers first with bench/setup_s3_cdn.sh.  Targets:
 GET at least 3 x s3rver's requests/s, PUT at least 1.5 x; the 1 GiB
@@ -152,9 +152,12 @@ def run_big(s3: S3Server, big: BigFile, how: str, args) -> dict:
               "cpu": cpu_seconds(s3.pid) - cpu_before, "other_load": load.stop(),
               "rss_before_mib": rss_before / 1024,
               "rss_growth_mib": (status_kib(s3.pid, "VmHWM") - rss_before) / 1024}
+    if how == "multipart":
+        result["completion_seconds"] = put_multipart.completion
     print(f"  {s3.name:<14} {big.size // 2**20} MiB {how:<9} {result['mb_per_s']:>7.0f} MB/s "
           f"({seconds:.1f} s, server CPU {result['cpu']:.1f} s, peak RSS "
-          f"+{result['rss_growth_mib']:.0f} MiB; other load {result['other_load']:.2f} cores)",
+          f"+{result['rss_growth_mib']:.0f} MiB; other load {result['other_load']:.2f} cores"
+          + (f"; completion {result['completion_seconds']:.1f} s" if how == "multipart" else "") + ")",
           flush=True)
     if profile is not None:
         print(profile.wait(), flush=True)
@@ -168,11 +171,12 @@ def measure(name: str, folder: Path, args, body: bytes, big: BigFile | None) -> 
         status, answer = s3.account.request("PUT", f"/{s3.bucket}/one-k.bin", body)
         if status != 200:
             raise RuntimeError(f"{name} PutObject answered {status}: {answer[:200]!r}")
-        results["get"] = run_pool(s3, folder, "GET", [f"/{s3.bucket}/one-k.bin"] * GET_POOL, b"",
-                                  args.seconds, args.connections, args)
-        results["put"] = run_pool(s3, folder, "PUT",
-                                  [f"/{s3.bucket}/put/{i:05d}.bin" for i in range(PUT_POOL)], body,
-                                  args.seconds, args.connections, args)
+        if not args.big_only:
+            results["get"] = run_pool(s3, folder, "GET", [f"/{s3.bucket}/one-k.bin"] * GET_POOL, b"",
+                                      args.seconds, args.connections, args)
+            results["put"] = run_pool(s3, folder, "PUT",
+                                      [f"/{s3.bucket}/put/{i:05d}.bin" for i in range(PUT_POOL)], body,
+                                      args.seconds, args.connections, args)
         if big is not None and name in args.big_servers:
             for how in ("single", "multipart"):
                 try:
@@ -191,6 +195,8 @@ def verdicts(results: dict) -> list[tuple[str, str, str, bool]]:
     big = f"{results['big_size_mib']} MiB"
     rows = []
     for action, ratio in (("get", GET_RATIO), ("put", PUT_RATIO)):
+        if action not in own or action not in ref:
+            continue
         measured = own[action]["rate"] / ref[action]["rate"]
         rows.append((f"{action.upper()} 1 KiB / s3rver", f"{measured:.2f} x", f">= {ratio} x",
                      measured >= ratio))
@@ -212,6 +218,8 @@ def main() -> None:
     parser.add_argument("--big-size", type=int, default=1024, help="MiB; 0 skips the big uploads")
     parser.add_argument("--servers", default="owncdn,owncdn-nofsync,moto,s3rver")
     parser.add_argument("--big-servers", default="owncdn,s3rver")
+    parser.add_argument("--big-only", action="store_true",
+                        help="only the big uploads (skip the 1 KiB GET and PUT runs)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the OwnCDN daemons during each measured run (bench/results/)")
     args = parser.parse_args()

@@ -22,6 +22,7 @@ from owncdn.registry import ServiceContext, ServiceRegistry, build_services
 from owncdn.state import DaemonState
 from owncdn.web.dispatcher import Dispatcher
 from owncdn.web.reqlog import RequestLog
+from owncdn.web.s3multipart import UploadExpiry
 from owncdn.web.site import OwnCDNSite
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -253,7 +254,9 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
     for poller in registry.pollers.values():
         poller.setServiceParent(root)
 
-    site = OwnCDNSite(Dispatcher(state), spool_dir=spool,
+    dispatcher = Dispatcher(state)
+    UploadExpiry(dispatcher.s3.uploads, reactor).setServiceParent(root)
+    site = OwnCDNSite(dispatcher, spool_dir=spool,
                       max_upload_size=config.max_upload_size,
                       header_timeout=config.header_timeout, reactor=reactor)
     for service_config in config.services:

@@ -6,9 +6,10 @@ Multipart uploads: the store of parts in the data folder
 import hashlib
 import io
 import os
+import tempfile
 from pathlib import Path
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from owncdn.s3.errors import S3Error
@@ -17,7 +18,10 @@ from owncdn.s3.multipart import (
     multipart_etag,
 )
 from owncdn.errors import BadDigest
+from owncdn.s3.checksums import PayloadDigests, VerifiedBody
 from owncdn.web import s3multipart
+from owncdn.web.s3multipart import UploadExpiry
+from owncdn.web.site import spool_file
 from tests.test_s3_front import S3Front
 from tests.util import asynctest
 
@@ -80,6 +84,55 @@ class StoreTests(SynchronousTestCase):
         error = self.assertRaises(S3Error, self.store.store_part, self.upload, 1, io.BytesIO(b"x"))
         self.assertEqual(error.code, "NoSuchUpload")
 
+    def spooled(self, data: bytes, signed: bytes | None = None):
+        """
+        A part body as the site and the S3 layer make it: the request
+        body spooled to a named file, read through its signed SHA-256.
+        """
+        spool = Path(self.mktemp())
+        spool.mkdir()
+        raw = spool_file(spool)
+        self.addCleanup(raw.close)
+        raw.write(data)
+        raw.seek(0)
+        digest = hashlib.sha256(data).digest() if signed is None else signed
+        return raw, VerifiedBody(raw, PayloadDigests.from_headers({}, digest.hex()))
+
+    def test_spooled_part_linked(self):
+        """A spooled part becomes the part file without a copy, reads back byte for byte, and goes with an abort."""
+        data = os.urandom(3 * 1024 * 1024 + 1)
+        raw, body = self.spooled(data)
+        part = self.store.store_part(self.upload, 1, body)
+        self.assertEqual((part.etag, part.size), (hashlib.md5(data).hexdigest(), len(data)))
+        path = self.root / self.upload.upload_id / f"00001.{part.etag}"
+        self.assertEqual(os.stat(path).st_ino, os.fstat(raw.fileno()).st_ino)
+        raw.close()
+        reader = self.store.open_parts(self.upload, self.store.parts(self.upload))
+        self.assertEqual(reader.read(), data)
+        reader.close()
+        self.store.remove(self.upload.upload_id)
+        self.assertFalse((self.root / self.upload.upload_id).exists())
+
+    def test_spooled_part_failing_check(self):
+        """A spooled part that is not the one signed is refused and leaves nothing."""
+        raw, body = self.spooled(os.urandom(2 * 1024 * 1024), signed=hashlib.sha256(b"other").digest())
+        error = self.assertRaises(S3Error, self.store.store_part, self.upload, 1, body)
+        self.assertEqual(error.code, "XAmzContentSHA256Mismatch")
+        self.assertEqual(os.listdir(self.root / self.upload.upload_id), ["upload.json"])
+
+    def test_unnamed_spool_copied(self):
+        """A body in a file without a name is copied into place instead."""
+        data = os.urandom(2 * 1024 * 1024)
+        raw = tempfile.TemporaryFile()
+        self.addCleanup(raw.close)
+        raw.write(data)
+        raw.seek(0)
+        body = VerifiedBody(raw, PayloadDigests.from_headers({}, hashlib.sha256(data).hexdigest()))
+        part = self.store.store_part(self.upload, 1, body)
+        reader = self.store.open_parts(self.upload, [part])
+        self.assertEqual(reader.read(), data)
+        reader.close()
+
     def test_uploads_and_expiry(self):
         """Uploads are listed per bucket by key; old ones expire, also when a new one is created."""
         later = self.store.create("files", "a", "WRITER", None, {}, 2000.0)
@@ -96,6 +149,49 @@ class StoreTests(SynchronousTestCase):
         store = MultipartStore(self.store.root, expiry=100.0)
         store.create("files", "fresh", "WRITER", None, {}, 1000.0 + SWEEP_INTERVAL + 50)
         self.assertEqual([u.key for u in store.uploads("files")], ["fresh"])
+
+    def test_expiry_service(self):
+        """The expiry service sweeps at start and then every interval, whatever uploads are created."""
+        clock = task.Clock()
+        clock.advance(2000.0)
+        store = MultipartStore(self.store.root, expiry=500.0)
+        ran = []
+
+        def in_thread(function, *args):
+            ran.append(args)
+            return defer.succeed(function(*args))
+
+        expiry = UploadExpiry(store, clock, interval=100.0, in_thread=in_thread)
+        expiry.startService()
+        self.addCleanup(expiry.stopService)
+        self.assertEqual(ran, [(1500.0,)])
+        self.assertEqual(store.uploads("files"), [])
+        fresh = store.create("files", "fresh", "WRITER", None, {}, 2000.0)
+        clock.advance(400.0)
+        self.assertEqual([u.upload_id for u in store.uploads("files")], [fresh.upload_id])
+        clock.advance(200.0)
+        self.assertEqual(store.uploads("files"), [])
+        self.assertEqual(ran, [(1500.0,), (1900.0,), (2100.0,)])
+
+    def test_expiry_service_goes_on_after_failure(self):
+        """A sweep that fails is logged and the next one still runs; stopping stops the sweeps."""
+        clock = task.Clock()
+        calls = []
+
+        def in_thread(function, *args):
+            calls.append(args)
+            if len(calls) == 1:
+                return defer.fail(OSError("disk gone"))
+            return defer.succeed(function(*args))
+
+        expiry = UploadExpiry(self.store, clock, interval=100.0, in_thread=in_thread)
+        expiry.startService()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        clock.advance(100.0)
+        self.assertEqual(len(calls), 2)
+        expiry.stopService()
+        clock.advance(1000.0)
+        self.assertEqual(len(calls), 2)
 
     def test_reader_crosses_parts(self):
         """The parts reader reads across part boundaries and closes each file it opened."""

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from owncdn.web import channel as channelmod
 from owncdn.web import site as sitemod
-from owncdn.web.site import SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
+from owncdn.web.site import SPOOL_READ_SIZE, SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
 
 LIMIT = 3 * 1024 * 1024
 TIMEOUT = 30
@@ -77,6 +77,14 @@ def body_of(transport: StringTransport) -> bytes:
     return transport.value().split(b"\r\n\r\n", 1)[1]
 
 
+class TCPLikeTransport(StringTransport):
+    """
+    A transport with TCP's setting of how much to read at a time.
+    """
+
+    bufferSize = 65536
+
+
 class SiteTestMixin:
     def make_site(self, resource=None, max_upload_size=LIMIT, header_timeout=TIMEOUT):
         self.clock = task.Clock()
@@ -123,6 +131,31 @@ class BodyTests(SiteTestMixin, SynchronousTestCase):
         location = self.resource.locations[0]
         self.assertTrue(location.startswith(str(self.spool) + "/"), location)
         self.assertEqual(received, body)
+
+    def test_spool_file_named_and_removed(self):
+        """A spooled body has a name in the spool folder (so a part can be linked), gone once the request is done."""
+        channel, transport = self.connect()
+        body = os.urandom(SPOOL_THRESHOLD + 1)
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]) + body)
+        content, received = self.resource.bodies[0]
+        self.assertEqual(received, body)
+        self.assertEqual(Path(content.name).parent, self.spool)
+        self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")
+        self.assertEqual(os.listdir(self.spool), [])
+
+    def test_big_body_read_in_big_pieces(self):
+        """While a body bound for the spool arrives the socket is read 1 MiB at a time, then 64 KiB again."""
+        channel = self.site.buildProtocol(None)
+        transport = TCPLikeTransport()
+        channel.makeConnection(transport)
+        body = os.urandom(SPOOL_THRESHOLD + 1)
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]) + body[:1000])
+        self.assertEqual(transport.bufferSize, SPOOL_READ_SIZE)
+        channel.dataReceived(body[1000:])
+        self.assertEqual(self.resource.bodies[0][1], body)
+        self.assertEqual(transport.bufferSize, 65536)
+        channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 5"]) + b"small")
+        self.assertEqual(transport.bufferSize, 65536)
 
     def test_chunked_body_moves_to_spool_when_it_grows(self):
         """A chunked body starts in memory and moves to the spool folder past 1 MiB, intact."""

@@ -19,11 +19,13 @@ a 1 GiB upload.
 import base64
 import binascii
 import hashlib
+import weakref
 from collections.abc import Callable, Mapping
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from awscrt import checksums as crt
 
+from owncdn.digests import BackgroundDigests, Digest
 from owncdn.s3.errors import S3Error
 
 # The names S3 uses in x-amz-checksum-<name>, in its documentation's order.
@@ -31,18 +33,17 @@ ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 CHECKSUM_PREFIX = "x-amz-checksum-"
 # How much a "read everything" call pulls at a time.
 _BLOCK = 1 << 16
+# A payload read in blocks of at least BACKGROUND_BLOCK is hashed in a
+# thread of its own once BACKGROUND_AFTER bytes have gone by, so that the
+# thread storing it only reads and writes (owncdn.digests).
+BACKGROUND_BLOCK = 256 * 1024
+BACKGROUND_AFTER = 1024 * 1024
 _DISPLAY = {"crc32": "CRC32", "crc32c": "CRC32C", "crc64nvme": "CRC64NVME",
             "sha1": "SHA1", "sha256": "SHA256", "md5": "Content-MD5"}
 
 
-class Checksum(Protocol):
-    """
-    A running digest, the shape of C{hashlib}'s objects.
-    """
-
-    def update(self, data: bytes, /) -> None: ...
-
-    def digest(self) -> bytes: ...
+# A running digest, the shape of hashlib's objects.
+Checksum = Digest
 
 
 class _CRC:
@@ -112,6 +113,8 @@ class PayloadDigests:
         # (algorithm, expected digest, the error to raise on a mismatch)
         self._expected: list[tuple[str, bytes, Callable[[bytes, bytes], S3Error]]] = []
         self._trailers: list[str] = []
+        self._seen = 0
+        self._background: BackgroundDigests | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], content_sha256: str | None = None) -> "PayloadDigests":
@@ -152,8 +155,32 @@ class PayloadDigests:
         self._trailers.append(algorithm)
 
     def update(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._background is None and self._running and len(data) >= BACKGROUND_BLOCK \
+                and self._seen > BACKGROUND_AFTER:
+            self._background = BackgroundDigests(self._running.values())
+            # A payload not read to its end (the store failed or was
+            # given up) stops its thread once nothing refers to it.
+            weakref.finalize(self, self._background.abandon)
+        if self._background is not None:
+            self._background.update(data)
+            return
         for running in self._running.values():
             running.update(data)
+
+    def abandon(self) -> None:
+        """
+        Stop hashing, without waiting: for a payload not read to its end.
+        """
+        if self._background is not None:
+            self._background.abandon()
+
+    def running(self, algorithm: str) -> Checksum | None:
+        """
+        The running digest of C{algorithm} if one is being computed
+        (see L{CheckedReader.running_digest}).
+        """
+        return self._running.get(algorithm)
 
     def verify(self, trailers: Mapping[str, str] | None = None) -> None:
         """
@@ -165,6 +192,8 @@ class PayloadDigests:
             mismatch, C{MalformedTrailerError} for a missing or malformed
             trailer checksum.
         """
+        if self._background is not None:
+            self._background.finish()
         expected = list(self._expected)
         for algorithm in self._trailers:
             value = (trailers or {}).get(CHECKSUM_PREFIX + algorithm)
@@ -207,7 +236,8 @@ class CheckedReader:
     on every later call so a caller cannot mistake it for a short body.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, digests: "PayloadDigests") -> None:
+        self._digests = digests
         self._error: S3Error | None = None
         self._done = False
 
@@ -227,7 +257,24 @@ class CheckedReader:
             return data
         except S3Error as error:
             self._error = error
+            self._digests.abandon()
             raise
+
+    def running_digest(self, algorithm: str) -> Checksum | None:
+        """
+        The digest of C{algorithm} this reader computes anyway over the
+        bytes C{read} returns, if it does (L{owncdn.digests.offered_digest}):
+        the storage engine and the multipart store take it instead of
+        hashing the payload a second time.
+        """
+        return self._digests.running(algorithm)
+
+    def payload_file(self) -> BinaryIO | None:
+        """
+        The file that holds exactly the payload from its start, when the
+        body was spooled to a file and sent as it is; else C{None}.
+        """
+        return None
 
     def _read(self, size: int) -> bytes:
         raise NotImplementedError()
@@ -243,9 +290,15 @@ class VerifiedBody(CheckedReader):
     """
 
     def __init__(self, raw: BinaryIO, digests: PayloadDigests):
-        super().__init__()
+        super().__init__(digests)
         self._raw = raw
-        self._digests = digests
+
+    def payload_file(self) -> BinaryIO | None:
+        try:
+            self._raw.fileno()
+        except (AttributeError, OSError):
+            return None
+        return self._raw
 
     def _read(self, size: int) -> bytes:
         data = self._raw.read(size)

@@ -104,7 +104,7 @@ class ChunkedDecoder:
     def __init__(self, decoded_length: int, digests: PayloadDigests,
                  chain: SignatureChain | None = None, trailers: Sequence[str] | None = None):
         self._expected_length = decoded_length
-        self._digests = digests
+        self.digests = digests
         self._chain = chain
         self._declared = None if trailers is None else frozenset(trailers)
         self._state = _HEADER
@@ -130,7 +130,7 @@ class ChunkedDecoder:
                 piece = data if take == end else data[position:position + take]
                 position += take
                 self._remaining -= take
-                self._digests.update(piece)
+                self.digests.update(piece)
                 if self._chain is not None:
                     self._chunk_hash.update(piece)
                 out.append(piece)
@@ -162,7 +162,7 @@ class ChunkedDecoder:
         if self._produced != self._expected_length:
             raise S3Error("IncompleteBody", f"The decoded body has {self._produced} bytes; "
                           f"x-amz-decoded-content-length says {self._expected_length}.")
-        self._digests.verify(self._trailers)
+        self.digests.verify(self._trailers)
 
     def _scan_line(self, data: bytes, position: int) -> int:
         # Look no further than the line cap, so garbage costs no more than that.
@@ -253,7 +253,7 @@ class DecodedBody(CheckedReader):
     """
 
     def __init__(self, raw: BinaryIO, decoder: ChunkedDecoder):
-        super().__init__()
+        super().__init__(decoder.digests)
         self._raw = raw
         self._decoder = decoder
         self._buffer = bytearray()

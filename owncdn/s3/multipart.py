@@ -10,9 +10,11 @@ whole or absent and its ETag is in its name.  Uploading a part number
 again replaces it.
 
 Everything here blocks (file I/O): the web layer runs it in a thread.
-A part never passes through memory whole: it is copied from the
-request body block by block, and a completed upload is read back by
-L{PartsReader} the same way while the storage service stores it.
+A part never passes through memory whole: it is read from the request
+body block by block to verify and hash it, then the spooled body itself
+becomes the part file (a hard link, no copy) when it holds the part as
+sent, else it is copied block by block; a completed upload is read back
+by L{PartsReader} the same way while the storage service stores it.
 """
 
 import hashlib
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from owncdn.digests import BodyDigests
 from owncdn.s3.errors import S3Error
 
 BLOCK = 1024 * 1024
@@ -34,7 +37,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 # Uploads neither completed nor aborted are removed after this long, as
 # an S3 lifecycle rule "AbortIncompleteMultipartUpload" would.
 UPLOAD_EXPIRY = 7 * 24 * 3600.0
-# How often creating an upload also sweeps out expired ones.
+# How often expired uploads are swept out (web.s3multipart.UploadExpiry),
+# and creating an upload also does it when the last sweep is this old.
 SWEEP_INTERVAL = 3600.0
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _PART_FILE = re.compile(r"([0-9]{5})\.([0-9a-f]{32})")
@@ -129,26 +133,31 @@ class MultipartStore:
 
     def store_part(self, upload: Upload, number: int, body: BinaryIO) -> Part:
         """
-        Copy one part from C{body} into place, block by block.  A body
-        that raises (a bad signature or checksum found at its end)
-        leaves nothing behind, and neither does an upload aborted
+        Put one part in place: read C{body} to its end (which verifies
+        it) and then give the spooled request body a name in the
+        upload's folder when the body holds the part as it is
+        (L{CheckedReader.payload_file}), else copy it block by block.
+        A body that raises (a bad signature or checksum found at its
+        end) leaves nothing behind, and neither does an upload aborted
         meanwhile.
 
         @raise S3Error: what C{body} raised, or C{NoSuchUpload}.
         """
         folder = self._folder(upload.upload_id)
-        md5 = hashlib.md5()
+        if not folder.is_dir():
+            raise S3Error("NoSuchUpload", UploadId=upload.upload_id)
+        temporary = folder / f".part-{secrets.token_hex(8)}"
+        source = payload_file(body)
         try:
-            handle = open(folder / f".part-{secrets.token_hex(8)}", "xb")
-        except FileNotFoundError:
-            raise S3Error("NoSuchUpload", UploadId=upload.upload_id) from None
-        temporary = Path(handle.name)
-        try:
-            with handle:
-                while block := body.read(BLOCK):
-                    md5.update(block)
-                    handle.write(block)
-            etag = md5.hexdigest()
+            with BodyDigests(body, ("md5",)) as digests:
+                if source is None:
+                    self._copy(body, temporary, digests)
+                else:
+                    while block := body.read(BLOCK):
+                        digests.update(block)
+                etag = digests.finish()["md5"].hex()
+            if source is not None:
+                _link_or_copy(source, temporary)
             name = f"{number:05d}.{etag}"
             with self._install:
                 temporary.rename(folder / name)
@@ -161,6 +170,12 @@ class MultipartStore:
             temporary.unlink(missing_ok=True)
         stat = (folder / name).stat()
         return Part(number, etag, stat.st_size, stat.st_mtime)
+
+    def _copy(self, body: BinaryIO, temporary: Path, digests: BodyDigests) -> None:
+        with open(temporary, "xb") as handle:
+            while block := body.read(BLOCK):
+                digests.update(block)
+                handle.write(block)
 
     def parts(self, upload: Upload) -> list[Part]:
         """
@@ -219,6 +234,39 @@ class MultipartStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed
+
+
+def payload_file(body: object) -> BinaryIO | None:
+    """
+    The file that holds exactly what C{body} reads, from its start, if
+    C{body} says it has one (C{payload_file()}: a request body spooled to
+    a file and sent as it is).
+    """
+    offer = getattr(body, "payload_file", None)
+    return None if offer is None else offer()
+
+
+def _link_or_copy(source: BinaryIO, target: Path) -> None:
+    """
+    Give the file C{source} a second name, C{target}, when it has a name
+    (the site's spool files do, on the data volume, as the uploads are),
+    or else copy it.
+
+    @raise FileNotFoundError: C{target}'s folder is gone.
+    """
+    name = getattr(source, "name", None)
+    if isinstance(name, str):
+        try:
+            os.link(name, target)
+            return
+        except FileNotFoundError:
+            if not target.parent.is_dir():
+                raise
+        except OSError:
+            pass
+    source.seek(0)
+    with open(target, "xb") as handle:
+        shutil.copyfileobj(source, handle, BLOCK)
 
 
 class PartsReader:

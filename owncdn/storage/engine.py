@@ -11,12 +11,12 @@ the change-log row) commits in one transaction, so a crash at any point
 leaves either the whole version or nothing.
 """
 
-import hashlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from owncdn.digests import BodyDigests
 from owncdn.errors import NoSuchFile, NoSuchVersion
 from owncdn.interfaces import Change, FileInfo
 from owncdn.storage import (
@@ -313,26 +313,28 @@ class StorageEngine:
 
     def _store_content(self, conn: sqlite3.Connection, change_id: int,
                        body: BinaryIO) -> _Content:
-        md5, sha256 = hashlib.md5(), hashlib.sha256()
         content = _Content(0, b"", b"", 0, None, None, False)
-        for block in read_blocks(body, self.chunk_size):
-            md5.update(block)
-            sha256.update(block)
-            stored, compressed = encode_chunk(block)
-            conn.execute(
-                "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
-                (change_id, content.chunk_count, compressed, stored),
-            )
-            if content.chunk_count == 0:
-                content.first, content.first_stored = block, stored
-                content.first_compressed = compressed
-            else:
-                # Past one chunk there is no small file and no br
-                # alternate: drop them so memory stays flat.
-                content.first = content.first_stored = None
-            content.chunk_count += 1
-            content.size += len(block)
-        content.md5, content.sha256 = md5.digest(), sha256.digest()
+        # A big body is hashed in a thread beside the inserts; a digest
+        # the body offers (the S3 layer's) is not computed again.
+        with BodyDigests(body, ("md5", "sha256")) as digests:
+            for block in read_blocks(body, self.chunk_size):
+                digests.update(block)
+                stored, compressed = encode_chunk(block)
+                conn.execute(
+                    "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
+                    (change_id, content.chunk_count, compressed, stored),
+                )
+                if content.chunk_count == 0:
+                    content.first, content.first_stored = block, stored
+                    content.first_compressed = compressed
+                else:
+                    # Past one chunk there is no small file and no br
+                    # alternate: drop them so memory stays flat.
+                    content.first = content.first_stored = None
+                content.chunk_count += 1
+                content.size += len(block)
+            found = digests.finish()
+        content.md5, content.sha256 = found["md5"], found["sha256"]
         if content.size > BIG_WRITE:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             self.checkpoint_due = True

@@ -10,22 +10,55 @@ like any other put, and replicas copy it as such.  File work runs in the
 reactor's thread pool, never on the reactor thread.
 """
 
+from collections.abc import Callable
+
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 
 from owncdn.errors import OwnCDNError
 from owncdn.s3 import listing, xml
 from owncdn.s3.errors import S3Error
 from owncdn.s3.listing import Rollup
-from owncdn.s3.multipart import MIN_PART_SIZE, Part, Upload, multipart_etag
+from owncdn.s3.multipart import MIN_PART_SIZE, SWEEP_INTERVAL, MultipartStore, Part, Upload, multipart_etag
 from owncdn.web.s3objects import object_metadata, version_headers
 from owncdn.web.s3request import S3_ETAG, S3Call, s3_error
+
+log = Logger()
 
 MAX_PARTS = 1000
 # A CompleteMultipartUpload still storing after this many seconds
 # answers 200 and keeps the connection alive with a space this often.
 KEEPALIVE_AFTER = 10.0
 KEEPALIVE_EVERY = 10.0
+
+
+class UploadExpiry(TimerService):
+    """
+    Removes the uploads neither completed nor aborted for the store's
+    expiry (C{s3UploadExpiry}): at start, then every C{interval}
+    seconds, the file work in a thread.  A failed sweep is logged and
+    the next one tries again.
+
+    @param in_thread: runs a blocking call, returning a Deferred
+        (C{deferToThread}; tests pass one that runs it at once).
+    """
+
+    def __init__(self, store: MultipartStore, clock, interval: float = SWEEP_INTERVAL,
+                 in_thread: Callable[..., Deferred] = deferToThread):
+        super().__init__(interval, self.sweep)
+        self.clock = clock
+        self._store = store
+        self._in_thread = in_thread
+
+    def sweep(self) -> Deferred:
+        d = self._in_thread(self._store.expire, self.clock.seconds() - self._store.expiry)
+        d.addCallback(lambda removed: removed and log.info(
+            "removed {count} expired multipart uploads", count=removed))
+        d.addErrback(lambda failure: log.failure("sweeping expired multipart uploads failed", failure))
+        return d
 
 
 def _upload_id(call: S3Call) -> str:
