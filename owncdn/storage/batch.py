@@ -1,0 +1,112 @@
+"""
+Group commit: several writes in one transaction.
+
+A commit costs an fsync of the WAL and a few page writes, more than a
+small put costs otherwise, so the storage engine makes every write that
+is waiting when the writer thread gets to it in one transaction, with
+one commit.  Each write runs in a savepoint of its own: one that fails
+(a bad digest, a missing file) is undone alone and gets its own error,
+while the writes around it still commit.  Only writes whose content is
+at most one chunk share a transaction, and a shared transaction holds at
+most L{GROUP_BYTES} of content: a big upload commits on its own, so it
+neither waits for the small writes behind it nor makes the small writes
+in front of it wait for its bytes.  docs/storage.md has the figures.
+"""
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from owncdn.storage.chunks import first_chunk
+
+# Content one shared transaction holds at most: enough for a few hundred
+# small files, little enough that the first of them is not acknowledged
+# much later than it would be alone.
+GROUP_BYTES = 8 * 1024 * 1024
+
+# What became of one write: (True, its result) or (False, its exception).
+Outcome = tuple[bool, object]
+
+
+@dataclass(frozen=True)
+class Write:
+    """
+    One write for L{owncdn.storage.engine.StorageEngine.write_batch}.
+
+    @ivar make: does the write inside the batch's transaction, given the
+        writer connection and the content (C{body}, perhaps re-wrapped
+        because its first chunk was read ahead); returns what the caller
+        gets once the transaction committed.
+    @ivar body: the content it stores, C{None} for writes without.
+    """
+
+    make: Callable[[sqlite3.Connection, BinaryIO | None], object]
+    body: BinaryIO | None = None
+
+
+@dataclass(frozen=True)
+class _Ready:
+    write: Write
+    body: BinaryIO | None
+    error: Exception | None
+
+
+def groups(writes: Sequence[Write], chunk_size: int,
+           group_bytes: int = GROUP_BYTES) -> Iterator[list[_Ready]]:
+    """
+    Split C{writes}, in order, into the groups that share a transaction.
+
+    Each body's first chunk is read here (lazily: a group is complete
+    before the body of the write after it is touched), which is how a
+    body of more than one chunk is recognised whatever kind of reader it
+    is.  A body that fails to read (a reader that checks digests raises
+    them at its end) makes its write fail without touching the database.
+    """
+    group: list[_Ready] = []
+    size = 0
+    for write in writes:
+        try:
+            body, length = (None, 0) if write.body is None else first_chunk(write.body, chunk_size)
+        except Exception as error:
+            group.append(_Ready(write, None, error))
+            continue
+        alone = length is None
+        if group and (alone or size + length > group_bytes):
+            yield group
+            group, size = [], 0
+        group.append(_Ready(write, body, None))
+        size += length or 0
+        if alone:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def make_group(conn: sqlite3.Connection, group: list[_Ready]) -> list[Outcome]:
+    """
+    Make each write of C{group} in its own savepoint of the transaction
+    open on C{conn}; a write that raises is rolled back alone.
+
+    @return: each write's outcome, in order.
+    """
+    outcomes: list[Outcome] = []
+    for ready in group:
+        if ready.error is not None:
+            outcomes.append((False, ready.error))
+            continue
+        conn.execute("SAVEPOINT write")
+        try:
+            result = ready.write.make(conn, ready.body)
+        except Exception as error:
+            # If SQLite already rolled the whole transaction back (disk
+            # full, I/O error) this raises "no such savepoint", failing
+            # the group: its earlier writes are gone too.
+            conn.execute("ROLLBACK TO write")
+            conn.execute("RELEASE write")
+            outcomes.append((False, error))
+        else:
+            conn.execute("RELEASE write")
+            outcomes.append((True, result))
+    return outcomes
