@@ -425,6 +425,16 @@ class BatchTests(EngineCase):
         self.assertEqual(self.count("SELECT count(*) FROM chunks"), 3)
         self.assertIntact()
 
+    def test_no_savepoints_while_nothing_fails(self):
+        """A batch where every write succeeds is made once, without savepoints."""
+        statements = self.commits(self.engine)
+        committed = []
+        self.engine.write_batch([self.put_write(f"f{n}", io.BytesIO(b"%d" % n)) for n in range(5)],
+                                committed.append)
+        self.assertEqual([success for success, _ in committed[0]], [True] * 5)
+        self.assertEqual((statements.count("COMMIT"), statements.count("ROLLBACK")), (1, 0))
+        self.assertNotIn("SAVEPOINT write", statements)
+
     def test_big_write_commits_alone(self):
         """A body of more than one chunk gets a transaction of its own, between its neighbours'."""
         engine = self.open("chunks.db", chunk_size=1024)

@@ -4,9 +4,15 @@ Group commit: several writes in one transaction.
 A commit costs an fsync of the WAL and a few page writes, more than a
 small put costs otherwise, so the storage engine makes every write that
 is waiting when the writer thread gets to it in one transaction, with
-one commit.  Each write runs in a savepoint of its own: one that fails
-(a bad digest, a missing file) is undone alone and gets its own error,
-while the writes around it still commit.  Only writes whose content is
+one commit.  A write that fails (a bad digest, a missing file) is undone
+alone and gets its own error, while the writes around it still commit.
+Writes rarely fail, so a group first runs without savepoints: a
+savepoint makes SQLite copy every page a write touches into a
+sub-journal, which costs a small put as much as everything else it
+does.  Only when one of them fails is the transaction rolled back and
+the group made again, each write in a savepoint of its own (which gives
+the same result: each write sees exactly the writes before it that
+succeeded).  Only writes whose content is
 at most one chunk share a transaction, and a shared transaction holds at
 most L{GROUP_BYTES} of content: a big upload commits on its own, so it
 neither waits for the small writes behind it nor makes the small writes
@@ -52,6 +58,17 @@ class _Ready:
     error: Exception | None
 
 
+class WriteFailed(Exception):
+    """
+    A write of a group made without savepoints failed: the transaction
+    must be rolled back.
+    """
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 def groups(writes: Sequence[Write], chunk_size: int,
            group_bytes: int = GROUP_BYTES) -> Iterator[list[_Ready]]:
     """
@@ -84,29 +101,50 @@ def groups(writes: Sequence[Write], chunk_size: int,
         yield group
 
 
-def make_group(conn: sqlite3.Connection, group: list[_Ready]) -> list[Outcome]:
+def make_group(conn: sqlite3.Connection, group: list[_Ready], isolated: bool) -> list[Outcome]:
     """
-    Make each write of C{group} in its own savepoint of the transaction
-    open on C{conn}; a write that raises is rolled back alone.
+    Make each write of C{group} in the transaction open on C{conn}.
 
+    @param isolated: make each write in a savepoint of its own, so that
+        one that raises is rolled back alone; otherwise the first that
+        raises stops the group with L{WriteFailed}.
     @return: each write's outcome, in order.
     """
     outcomes: list[Outcome] = []
     for ready in group:
         if ready.error is not None:
             outcomes.append((False, ready.error))
-            continue
-        conn.execute("SAVEPOINT write")
-        try:
-            result = ready.write.make(conn, ready.body)
-        except Exception as error:
-            # If SQLite already rolled the whole transaction back (disk
-            # full, I/O error) this raises "no such savepoint", failing
-            # the group: its earlier writes are gone too.
-            conn.execute("ROLLBACK TO write")
-            conn.execute("RELEASE write")
-            outcomes.append((False, error))
+        elif not isolated:
+            try:
+                outcomes.append((True, ready.write.make(conn, ready.body)))
+            except Exception as error:
+                raise WriteFailed(error) from error
         else:
-            conn.execute("RELEASE write")
-            outcomes.append((True, result))
+            outcomes.append(_in_savepoint(conn, ready))
     return outcomes
+
+
+def rewind(group: list[_Ready]) -> None:
+    """
+    Make the bodies of C{group} readable again from their start, to make
+    the group a second time.  Groups of more than one write hold only
+    content read ahead into memory.
+    """
+    for ready in group:
+        if ready.body is not None:
+            ready.body.seek(0)
+
+
+def _in_savepoint(conn: sqlite3.Connection, ready: _Ready) -> Outcome:
+    conn.execute("SAVEPOINT write")
+    try:
+        result = ready.write.make(conn, ready.body)
+    except Exception as error:
+        # If SQLite already rolled the whole transaction back (disk
+        # full, I/O error) this raises "no such savepoint", failing
+        # the group: its earlier writes are gone too.
+        conn.execute("ROLLBACK TO write")
+        conn.execute("RELEASE write")
+        return False, error
+    conn.execute("RELEASE write")
+    return True, result

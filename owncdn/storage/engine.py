@@ -29,7 +29,7 @@ from owncdn.storage import (
     purge_change,
     version_id,
 )
-from owncdn.storage.batch import Outcome, Write, groups, make_group
+from owncdn.storage.batch import Outcome, Write, WriteFailed, groups, make_group, rewind
 from owncdn.storage.changelog import (
     CHANGE_COLUMNS,
     change_from_row,
@@ -236,7 +236,8 @@ class StorageEngine:
                     committed: Callable[[list[Outcome]], object]) -> None:
         """
         Make C{writes} in order, in as few transactions as
-        L{owncdn.storage.batch} allows, each in a savepoint of its own.
+        L{owncdn.storage.batch} allows; a write that fails is undone
+        alone.
 
         @param committed: called (in this thread) after each commit with
             the outcomes of the writes that transaction held, in order.
@@ -244,12 +245,23 @@ class StorageEngine:
             error.
         """
         for group in groups(writes, self.chunk_size):
-            try:
-                with self._writing() as conn:
-                    outcomes = make_group(conn, group)
-            except Exception as error:
-                outcomes = [(False, error)] * len(group)
-            committed(outcomes)
+            committed(self._make_group(group))
+
+    def _make_group(self, group) -> list[Outcome]:
+        try:
+            with self._writing() as conn:
+                return make_group(conn, group, isolated=False)
+        except WriteFailed as failed:
+            if len(group) == 1:
+                return [(False, failed.error)]
+        except Exception as error:
+            return [(False, error)] * len(group)
+        rewind(group)
+        try:
+            with self._writing() as conn:
+                return make_group(conn, group, isolated=True)
+        except Exception as error:
+            return [(False, error)] * len(group)
 
     def write(self, write: Write):
         """
