@@ -101,7 +101,7 @@ def small_encoding(text: bytes) -> None:
     """
     print("encode_chunk on small bodies (us of CPU per body now / always compressed; "
           "text ratio now / always; text bodies the probe refused)")
-    for size in (512, 1024, 1100, 2048, 4096, 8192, 16384):
+    for size in (512, 1024, 1100, 2047, 2048, 4096, 8192, 16384):
         texts = [text[i:i + size] for i in range(0, 400 * size, size)]
         noises = [os.urandom(size) for _ in range(400)]
         row = []

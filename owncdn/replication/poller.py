@@ -23,9 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 import treq
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
@@ -90,10 +92,15 @@ class ReplicaPoller(Service):
     @param target: the replica storage service; it offers
         C{last_applied_id()}, C{source_dbid()} and
         C{apply_change(change, body, source_dbid, after=...)}.
+    @param http: the treq-like client to talk to the source with; by
+        default one of its own, whose connection pool keeps a connection
+        for the long poll and for each concurrent download (treq's
+        shared pool keeps two per host, so most downloads would each
+        open, and the source accept, a new TCP connection).
     """
 
     def __init__(self, target, source: ReplicationSource, remote_sid: str, reactor,
-                 spool_dir: Path, http=treq, wait: int = WAIT, batch: int = BATCH,
+                 spool_dir: Path, http=None, wait: int = WAIT, batch: int = BATCH,
                  concurrency: int = CONCURRENCY, window: int = WINDOW,
                  status_path: Path | None = None):
         self.target = target
@@ -101,6 +108,11 @@ class ReplicaPoller(Service):
         self.remote_sid = remote_sid
         self.reactor = reactor
         self.spool_dir = Path(spool_dir)
+        self._pool: HTTPConnectionPool | None = None
+        if http is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = concurrency + 1
+            http = HTTPClient(Agent(reactor, pool=self._pool))
         self.http = http
         self.wait = wait
         self.batch = batch
@@ -130,10 +142,13 @@ class ReplicaPoller(Service):
 
     def stopService(self):
         super().stopService()
+        stopped = defer.succeed(None)
         if self._loop is not None:
             self._loop.cancel()
-            self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
-            return self._loop
+            stopped = self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
+        if self._pool is not None:
+            stopped.addCallback(lambda _: self._pool.closeCachedConnections())
+        return stopped
 
     def _url(self, function: str) -> str:
         return self.source.url.rstrip("/") + "/" + function
@@ -347,7 +362,7 @@ class ReplicaPoller(Service):
             spool.write(data)
 
         try:
-            await self.http.collect(response, write)
+            await treq.collect(response, write)
             if change.sha256 is not None and digest.hexdigest() != change.sha256:
                 raise SyncError(f"the bytes of {change.path} version {change.version} "
                                 f"do not match their SHA-256")

@@ -51,7 +51,7 @@ MIN_SAVING_FRACTION = 32
 # more than the probe would.
 SAMPLE_SLICE = 4096
 SAMPLE_SLICES = 4
-PROBE_MIN_SIZE = 4096
+PROBE_MIN_SIZE = 2048
 SAMPLE_QUALITY = 1
 # A sample that does not shrink below 90% means the chunk would not get
 # under the MIN_SAVING_FRACTION bar either.
