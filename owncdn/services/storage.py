@@ -16,8 +16,8 @@ hop.
 
 import os
 import threading
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO

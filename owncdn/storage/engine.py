@@ -7,8 +7,9 @@ writer thread on the single writer connection, reads from any number of
 reader threads, each on a connection of its own.  In WAL mode readers
 see the last committed state and never wait for the writer, and the
 writer never waits for them.  Every write (the version row, its chunks,
-the change-log row) commits in one transaction, so a crash at any point
-leaves either the whole version or nothing.
+the change-log row) is made inside one transaction, which the writes
+waiting together share (L{owncdn.storage.batch}), so a crash at any
+point leaves either the whole version or nothing.
 """
 
 import hashlib
@@ -248,6 +249,8 @@ class StorageEngine:
             committed(self._make_group(group))
 
     def _make_group(self, group) -> list[Outcome]:
+        # Without savepoints first; with them only when a write failed
+        # (see owncdn.storage.batch).  A write alone needs none.
         try:
             with self._writing() as conn:
                 return make_group(conn, group, isolated=False)
