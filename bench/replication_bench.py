@@ -13,7 +13,9 @@ Targets: median under 50 ms, 99th percentile under 200 ms.
 catchup: the replica is stopped, 10,000 files of 1-10 KiB are uploaded to
 the primary, and the replica is started again; changes applied per
 second from the moment the replica listens until its last change ID is
-the primary's.  Target: at least 1,000 changes/s.  The CPU time of both
+the primary's.  Target: at least 1,000 changes/s.  It first waits for
+the rest of the machine to be quiet, and reports the CPU the rest of the
+machine used during catch-up ("other load").  The CPU time of both
 daemons during catch-up is reported, the replica's split into its
 reactor thread and the rest (the storage threads); --profile adds a
 py-spy profile of the replica (bench/results/).
@@ -38,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchtools import Profile  # noqa: E402
+from benchtools import OtherLoad, Profile, wait_quiet  # noqa: E402
 from common import READER, ROOT, WRITER, Daemon, machine, save_result, write_config  # noqa: E402
 
 LAG_MEDIAN_MS = 50
@@ -196,9 +198,11 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool)
         last = client.last()
     print(f"uploaded {count:,} files to the primary while the replica was down "
           f"({count / seconds:,.0f} uploads/s)")
+    quiet = wait_quiet([primary.pid])
     primary_cpu = primary.cpu()
     replica = Daemon(replica_dir)
     started = time.monotonic()
+    load = OtherLoad([primary.pid, replica.pid]).start()
     spy = None
     if profile:
         spy = Profile(replica.pid, ROOT / "bench" / "results" / "profile-catchup-replica.txt",
@@ -212,6 +216,7 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool)
         cpu = replica.cpu()
         threads = thread_cpu(replica.pid)
         primary_cpu = primary.cpu() - primary_cpu
+        other = load.stop()
     finally:
         replica.stop()
     applied = last - before
@@ -221,12 +226,14 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool)
           f"(target >= {CATCHUP_RATE:,}): {'PASS' if rate >= CATCHUP_RATE else 'FAIL'}")
     print(f"  CPU: replica {cpu:.1f} s (reactor thread {reactor:.1f} s, other threads "
           f"{sum(threads.values()):.1f} s), primary {primary_cpu:.1f} s; "
-          f"{cpu / applied * 1000:.2f} ms of replica CPU per change")
+          f"{cpu / applied * 1000:.2f} ms of replica CPU per change; other load {other:.2f} "
+          f"cores (before: {quiet:.2f})")
     if spy is not None:
         print(spy.wait())
     return {"changes": applied, "seconds": done - started, "rate": rate,
             "upload_seconds": seconds, "replica_cpu": cpu, "replica_reactor_cpu": reactor,
-            "replica_other_cpu": sum(threads.values()), "primary_cpu": primary_cpu}
+            "replica_other_cpu": sum(threads.values()), "primary_cpu": primary_cpu,
+            "other_load": other, "other_load_before": quiet}
 
 
 class _Closing:
