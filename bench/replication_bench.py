@@ -3,7 +3,7 @@ Live replication between two real daemons on 127.0.0.1: lag, catch-up,
 and 100 long-polling replicas on one primary.
 
     .venv/bin/python bench/replication_bench.py [--uploads 200] [--catchup 10000]
-        [--waiters 100] [--idle-seconds 10] [--only lag|catchup|waiters]
+        [--waiters 100] [--idle-seconds 10] [--only lag|catchup|waiters] [--profile]
 
 lag: a small file is uploaded to the primary; the time from the upload's
 answer to the moment the replica serves it (a syncnext long poll on the
@@ -13,7 +13,12 @@ Targets: median under 50 ms, 99th percentile under 200 ms.
 catchup: the replica is stopped, 10,000 files of 1-10 KiB are uploaded to
 the primary, and the replica is started again; changes applied per
 second from the moment the replica listens until its last change ID is
-the primary's.  Target: at least 1,000 changes/s.
+the primary's.  Target: at least 1,000 changes/s.  It first waits for
+the rest of the machine to be quiet, and reports the CPU the rest of the
+machine used during catch-up ("other load").  The CPU time of both
+daemons during catch-up is reported, the replica's split into its
+reactor thread and the rest (the storage threads); --profile adds a
+py-spy profile of the replica (bench/results/).
 
 waiters: 100 clients each hold a syncnext long poll (wait=60) on the
 primary; the primary's CPU time is read over an idle period, then one
@@ -35,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchtools import OtherLoad, Profile, wait_quiet  # noqa: E402
 from common import READER, ROOT, WRITER, Daemon, machine, save_result, write_config  # noqa: E402
 
 LAG_MEDIAN_MS = 50
@@ -168,7 +174,22 @@ def upload_many(port: int, count: int, connections: int = 4) -> float:
     return time.monotonic() - started
 
 
-def bench_catchup(primary: Daemon, replica_dir: Path, count: int) -> dict:
+def thread_cpu(pid: int) -> dict[int, float]:
+    """
+    CPU seconds (user + system) of each thread of C{pid}, by thread ID.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended
+        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return times
+
+
+def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool) -> dict:
     with _Closing(Client(primary.port)) as client:
         # The replica was up to date (or never started) when it stopped.
         before = client.last()
@@ -177,8 +198,15 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int) -> dict:
         last = client.last()
     print(f"uploaded {count:,} files to the primary while the replica was down "
           f"({count / seconds:,.0f} uploads/s)")
+    quiet = wait_quiet([primary.pid])
+    primary_cpu = primary.cpu()
     replica = Daemon(replica_dir)
     started = time.monotonic()
+    load = OtherLoad([primary.pid, replica.pid]).start()
+    spy = None
+    if profile:
+        spy = Profile(replica.pid, ROOT / "bench" / "results" / "profile-catchup-replica.txt",
+                      count / CATCHUP_RATE)
     try:
         reader = Client(replica.port)
         try:
@@ -186,15 +214,26 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int) -> dict:
         finally:
             reader.close()
         cpu = replica.cpu()
+        threads = thread_cpu(replica.pid)
+        primary_cpu = primary.cpu() - primary_cpu
+        other = load.stop()
     finally:
         replica.stop()
     applied = last - before
     rate = applied / (done - started)
+    reactor = threads.pop(replica.pid, 0.0)
     print(f"catch-up: {applied:,} changes in {done - started:.1f} s = {rate:,.0f} changes/s "
-          f"(replica CPU {cpu:.1f} s; target >= {CATCHUP_RATE:,}): "
-          f"{'PASS' if rate >= CATCHUP_RATE else 'FAIL'}")
+          f"(target >= {CATCHUP_RATE:,}): {'PASS' if rate >= CATCHUP_RATE else 'FAIL'}")
+    print(f"  CPU: replica {cpu:.1f} s (reactor thread {reactor:.1f} s, other threads "
+          f"{sum(threads.values()):.1f} s), primary {primary_cpu:.1f} s; "
+          f"{cpu / applied * 1000:.2f} ms of replica CPU per change; other load {other:.2f} "
+          f"cores (before: {quiet:.2f})")
+    if spy is not None:
+        print(spy.wait())
     return {"changes": applied, "seconds": done - started, "rate": rate,
-            "upload_seconds": seconds, "replica_cpu": cpu}
+            "upload_seconds": seconds, "replica_cpu": cpu, "replica_reactor_cpu": reactor,
+            "replica_other_cpu": sum(threads.values()), "primary_cpu": primary_cpu,
+            "other_load": other, "other_load_before": quiet}
 
 
 class _Closing:
@@ -265,6 +304,8 @@ def main() -> None:
     parser.add_argument("--waiters", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=("lag", "catchup", "waiters"))
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the replica during catch-up (bench/results/)")
     args = parser.parse_args()
     print(machine())
     results = {"machine": machine()}
@@ -286,7 +327,8 @@ def main() -> None:
                 finally:
                     replica.stop()
             if args.only in (None, "catchup"):
-                results["catchup"] = bench_catchup(primary, replica_dir, args.catchup)
+                results["catchup"] = bench_catchup(primary, replica_dir, args.catchup,
+                                                 args.profile)
             if args.only in (None, "waiters"):
                 results["waiters"] = bench_waiters(primary, args.waiters, args.idle_seconds)
         finally:

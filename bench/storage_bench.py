@@ -1,9 +1,11 @@
 """
 Measure the storage engine: Brotli quality against speed and ratio,
-upload and streaming throughput, small-upload rate per synchronous
-setting, and the cost of a small GET served from memory.
+when small bodies are worth compressing, upload and streaming
+throughput, small-upload rate per synchronous setting and per group
+commit size, and the cost of a small GET served from memory.
 
     .venv/bin/python bench/storage_bench.py [--size-mib 1024]
+        [--only brotli|small|big|gets]
 
 The figures in docs/storage.md come from this script.
 """
@@ -89,6 +91,60 @@ def encoding(text: bytes, noise: bytes) -> None:
         for i in range(0, len(data), chunks.CHUNK_SIZE):
             chunks.encode_chunk(data[i:i + chunks.CHUNK_SIZE])
         print(f"encode_chunk, {name}: {rate(len(data), time.perf_counter() - started)}")
+
+
+def small_encoding(text: bytes) -> None:
+    """
+    What encode_chunk costs and wins on small bodies, against always
+    compressing them at the small-file quality (what it did before the
+    size threshold and the probe below 16 KiB).
+    """
+    print("encode_chunk on small bodies (us of CPU per body now / always compressed; "
+          "text ratio now / always; text bodies the probe refused)")
+    for size in (512, 1024, 1100, 2047, 2048, 4096, 8192, 16384):
+        texts = [text[i:i + size] for i in range(0, 400 * size, size)]
+        noises = [os.urandom(size) for _ in range(400)]
+        row = []
+        for bodies in (texts, noises):
+            started = time.process_time()
+            encoded = [chunks.encode_chunk(b) for b in bodies]
+            now = (time.process_time() - started) / len(bodies) * 1e6
+            started = time.process_time()
+            always = [brotli.compress(b, quality=chunks.SMALL_CHUNK_QUALITY) for b in bodies]
+            before = (time.process_time() - started) / len(bodies) * 1e6
+            row.append((now, before, encoded, always))
+        (t_now, t_before, t_encoded, t_always), (n_now, n_before, _, _) = row
+        ratio_now = sum(len(e) for e, _ in t_encoded) / (size * len(texts))
+        ratio_always = sum(min(len(a), size) for a in t_always) / (size * len(texts))
+        refused = sum(1 for b in texts if size >= chunks.MIN_COMPRESS_SIZE
+                      and not chunks.looks_compressible(b))
+        print(f"  {size:>6} B: text {t_now:6.1f} / {t_before:6.1f} us, "
+              f"random {n_now:6.1f} / {n_before:6.1f} us; text ratio {ratio_now:.2f} / "
+              f"{ratio_always:.2f}; probe refused {refused} of {len(texts)} text bodies")
+
+
+def group_commit(folder: Path) -> None:
+    """
+    1 KiB random puts through write_batch, N to a batch: what one
+    commit per put costs against sharing it.
+    """
+    engine = StorageEngine(folder / "groups.db")
+    engine.open()
+    count = 2048
+    bodies = [os.urandom(1024) for _ in range(count)]
+    print("1 KiB random puts, synchronous=FULL, by puts per transaction "
+          "(ms of writer time per put, wall and CPU)")
+    for group in (1, 8, 64):
+        started, cpu = time.perf_counter(), time.process_time()
+        for first in range(0, count, group):
+            engine.write_batch(
+                [engine.put_write(f"g{group}/{n}", io.BytesIO(bodies[n]), "x", None, None, None,
+                                  1.0) for n in range(first, first + group)],
+                lambda outcomes: None)
+        wall = (time.perf_counter() - started) / count * 1000
+        cpu = (time.process_time() - cpu) / count * 1000
+        print(f"  {group:>3} per commit: {wall:.3f} ms wall, {cpu:.3f} ms CPU")
+    engine.close()
 
 
 def engine_throughput(folder: Path, size: int) -> None:
@@ -177,15 +233,23 @@ def cached_gets(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--only", choices=("brotli", "small", "big", "gets"))
     args = parser.parse_args()
     text = text_corpus(16 * 1024 * 1024)
-    qualities(text)
-    encoding(text, os.urandom(len(text)))
+    if args.only in (None, "brotli"):
+        qualities(text)
+        encoding(text, os.urandom(len(text)))
+        small_encoding(text)
     with tempfile.TemporaryDirectory(dir=".") as folder:
-        engine_throughput(Path(folder), args.size_mib * 1024 * 1024)
-        small_puts(Path(folder))
-        cached_gets(Path(folder))
-        service_streaming(Path(folder), args.size_mib * 1024 * 1024)
+        if args.only in (None, "big"):
+            engine_throughput(Path(folder), args.size_mib * 1024 * 1024)
+        if args.only in (None, "small"):
+            small_puts(Path(folder))
+            group_commit(Path(folder))
+        if args.only in (None, "gets"):
+            cached_gets(Path(folder))
+        if args.only in (None, "big"):
+            service_streaming(Path(folder), args.size_mib * 1024 * 1024)
 
 
 if __name__ == "__main__":

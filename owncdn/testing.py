@@ -239,13 +239,16 @@ class MemoryFiles:
     # Replication, as on StorageService
 
     def apply_change(self, change: Change, body: BinaryIO | None,
-                     source_dbid: str | None = None) -> Deferred:
+                     source_dbid: str | None = None, after: int | None = None) -> Deferred:
         """
         Record a change of the primary under its ID and version.
         """
         if change.id <= self.last_change_id():
             return fail(ValueError(
                 f"change {change.id} is not after change {self.last_change_id()}"))
+        if after is not None and after != self._last_applied:
+            return fail(ValueError(f"change {change.id} follows change {after}, "
+                                   f"but the last applied is change {self._last_applied}"))
         change = replace(change, path=self._key(change.path))
         data, br = self._content(body) if body is not None else (b"", None)
         if change.op == "put" and body is not None:

@@ -6,18 +6,22 @@ L{owncdn.testing.MemoryFiles}).
 A test case mixing this in is a C{SynchronousTestCase} and provides
 C{make_files(case_sensitive=True)}, returning a ready store whose
 Deferreds fire at once, and C{clock}, the L{Clock} it takes times from.
+It may override C{queued_writes()}, a context manager during which
+writes pile up as they would behind a busy writer, to be made together
+when it ends.
 """
 
 import hashlib
 import io
 import os
+from contextlib import contextmanager
 
 import brotli
 from zope.interface.verify import verifyObject
 
 from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
 from owncdn.interfaces import IChangeLog, IReadableFiles, IVersionedFiles, IWritableFiles
-from owncdn.storage import DeleteMarkerVersion
+from owncdn.storage import DeleteMarkerVersion, change_id_of
 from owncdn.storage.chunks import CHUNK_SIZE
 from tests.util import read_all
 
@@ -33,6 +37,10 @@ class FileServiceContractMixin:
     def setUp(self):
         super().setUp()
         self.files = self.make_files()
+
+    @contextmanager
+    def queued_writes(self):
+        yield
 
     def put(self, path: str, data: bytes, **kwargs):
         return self.successResultOf(self.files.put(path, io.BytesIO(data), **kwargs))
@@ -269,6 +277,30 @@ class FileServiceContractMixin:
         self.successResultOf(self.files.delete("heard"))
         self.assertEqual([c.op for c in heard], ["put", "delete"])
         self.assertEqual(heard[-1].id, self.files.last_change_id())
+
+    def test_writes_made_together(self):
+        """Writes issued together each get their own answer; change IDs follow the calls' order."""
+        self.put("together/old", b"old")
+        with self.queued_writes():
+            first = [self.files.put(f"together/{n}", io.BytesIO(b"%d" % n)) for n in range(3)]
+            bad = self.files.put("together/bad", io.BytesIO(b"x"),
+                                 expected_md5=hashlib.md5(b"y").digest())
+            missing = self.files.delete("together/none")
+            deleted = self.files.delete("together/old")
+            last = self.files.put("together/3", io.BytesIO(b"3"))
+        infos = [self.successResultOf(d) for d in first + [deleted, last]]
+        self.failureResultOf(bad, BadDigest)
+        self.failureResultOf(missing, NoSuchFile)
+        ids = [change_id_of(info.version) for info in infos]
+        self.assertEqual(ids, list(range(ids[0], ids[0] + 5)))
+        changes = self.successResultOf(self.files.changes_after(ids[0] - 1, 10))
+        self.assertEqual([(c.op, c.path) for c in changes],
+                         [("put", "together/0"), ("put", "together/1"), ("put", "together/2"),
+                          ("delete", "together/old"), ("put", "together/3")])
+        listed, _ = self.successResultOf(self.files.list("together/", None, 10))
+        self.assertEqual([i.path for i in listed], [f"together/{n}" for n in range(4)])
+        self.assertEqual([self.fetch(f"together/{n}") for n in range(4)],
+                         [b"0", b"1", b"2", b"3"])
 
     def test_brotli_alternate(self):
         """A compressible one-chunk file offers its stored bytes as br."""

@@ -365,7 +365,7 @@ class MemoryTests(CacheTestCase):
     def test_big_item_keeps_brotli(self):
         """A passed-through item is the source's own body, so its Brotli form stays offered."""
         cache = self.make_cache(self.source, max_item_size=100)
-        self.put("big.css", b"body { color: red }\n" * 20)
+        self.put("big.css", b"body { color: red }\n" * 80)
         body = self.successResultOf(cache.get("big.css"))
         self.assertIsNotNone(body.alternate("br"))
 

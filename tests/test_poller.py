@@ -7,13 +7,14 @@ import hashlib
 import json
 from urllib.parse import parse_qs
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from treq.testing import StubTreq
 
 from owncdn.config import ReplicationSource
+from owncdn.errors import BadDigest
 from owncdn.replication.poller import FIRST_BACKOFF, MAX_BACKOFF, ReplicaPoller
 
 KEY = "primary-secret-0123456789"
@@ -35,6 +36,7 @@ class FakePrimary(Resource):
         self.fail_with: int | None = None
         self.parked: list = []
         self.requests: list[str] = []
+        self.failing_paths: set[str] = set()
 
     def put(self, path: str, data: bytes):
         cid = len(self.changes) + 1
@@ -83,6 +85,9 @@ class FakePrimary(Resource):
                 return NOT_DONE_YET
             self._answer(request, after, limit)
             return b""
+        if args["path"] in self.failing_paths:
+            request.setResponseCode(500)
+            return b"{}"
         data = self.files.get((args["path"], args["version"]))
         if data is None:
             request.setResponseCode(404)
@@ -93,11 +98,17 @@ class FakePrimary(Resource):
 class ListTarget:
     """
     A replica target that records what it was asked to apply.
+
+    While L{hold} is in effect, changes wait (as in a busy writer
+    thread) until L{commit}; each must follow the last applied change
+    when it is committed, as in the storage service.
     """
 
     def __init__(self):
         self.applied: list[tuple] = []
         self.dbid = None
+        self.held: list | None = None
+        self.refuse: set[int] = set()
 
     def last_applied_id(self) -> int:
         return self.applied[-1][0].id if self.applied else 0
@@ -105,11 +116,38 @@ class ListTarget:
     def source_dbid(self):
         return self.dbid
 
-    def apply_change(self, change, body, dbid):
-        from twisted.internet import defer
-        self.dbid = dbid
-        self.applied.append((change, body.read() if body is not None else None))
-        return defer.succeed(None)
+    def apply_change(self, change, body, dbid, after=None):
+        d = defer.Deferred()
+        waiting = (change, body.read() if body is not None else None, dbid, after, d)
+        if self.held is None:
+            self._commit(*waiting)
+        else:
+            self.held.append(waiting)
+        return d
+
+    def hold(self):
+        self.held = []
+
+    def commit(self, count: int | None = None):
+        """
+        Commit the first C{count} waiting changes (all by default).
+        """
+        held = self.held or []
+        count = len(held) if count is None else count
+        self.held = held[count:]
+        for waiting in held[:count]:
+            self._commit(*waiting)
+
+    def _commit(self, change, data, dbid, after, d):
+        if after is not None and after != self.last_applied_id():
+            d.errback(ValueError(f"change {change.id} does not follow {self.last_applied_id()}"))
+        elif change.id in self.refuse:
+            self.refuse.discard(change.id)
+            d.errback(BadDigest(f"change {change.id} refused"))
+        else:
+            self.dbid = dbid
+            self.applied.append((change, data))
+            d.callback(None)
 
 
 class PollerTests(SynchronousTestCase):
@@ -234,3 +272,73 @@ class PollerTests(SynchronousTestCase):
         self.poller.stopService()
         self.stub.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def applied_ids(self) -> list[int]:
+        return [c.id for c, _ in self.target.applied]
+
+    def test_changes_queued_without_waiting_for_commits(self):
+        """Downloaded changes are all handed over before the first commits, then applied in order."""
+        for n in range(5):
+            self.primary.put(f"{n}.txt", b"x" * n)
+        self.target.hold()
+        self.start()
+        self.assertEqual([(c.id, after) for c, _, _, after, _ in self.target.held],
+                         [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)])
+        self.assertEqual(self.target.applied, [])
+        self.target.commit()
+        self.stub.flush()
+        self.assertEqual(self.applied_ids(), [1, 2, 3, 4, 5])
+        self.assertEqual([data for _, data in self.target.applied],
+                         [b"x" * n for n in range(5)])
+        self.assertEqual(self.poller.status.state, "ok")
+
+    def test_window_bounds_changes_in_flight(self):
+        """No more than the window's worth of changes is downloaded ahead of the commits."""
+        self.poller.window = 2
+        for n in range(5):
+            self.primary.put(f"{n}.txt", b"data")
+        self.target.hold()
+        self.start()
+        self.assertEqual(len(self.target.held), 2)
+        self.target.commit(1)
+        self.stub.flush()
+        self.assertEqual([c.id for c, *_ in self.target.held], [2, 3])
+        while self.target.held:
+            self.target.commit()
+            self.stub.flush()
+        self.assertEqual(self.applied_ids(), [1, 2, 3, 4, 5])
+
+    def test_failed_download_stops_at_its_change(self):
+        """A download that fails stops at its change; the retry resumes there, nothing twice."""
+        for n in range(1, 5):
+            self.primary.put(f"{n}.txt", b"body %d" % n)
+        self.primary.failing_paths.add("3.txt")
+        self.start()
+        self.assertEqual(self.applied_ids(), [1, 2])
+        self.assertEqual(self.poller.status.state, "retrying")
+        self.assertIn("500", self.poller.status.last_result)
+        self.assertEqual(self.poller.status.last_applied, 2)
+        self.primary.failing_paths.clear()
+        self.clock.advance(FIRST_BACKOFF)
+        self.stub.flush()
+        self.assertEqual(self.applied_ids(), [1, 2, 3, 4])
+        self.assertEqual(self.poller.status.state, "ok")
+
+    def test_failed_apply_stops_the_changes_queued_behind_it(self):
+        """A change the target refuses is reported; those queued after it are not applied past the gap."""
+        for n in range(1, 5):
+            self.primary.put(f"{n}.txt", b"body %d" % n)
+        self.target.refuse.add(2)
+        self.target.hold()
+        self.start()
+        self.assertEqual(len(self.target.held), 4)
+        self.target.commit()
+        self.stub.flush()
+        self.assertEqual(self.applied_ids(), [1])
+        self.assertEqual(self.poller.status.state, "retrying")
+        self.assertIn("BadDigest", self.poller.status.last_result)
+        self.target.held = None
+        self.clock.advance(FIRST_BACKOFF)
+        self.stub.flush()
+        self.assertEqual(self.applied_ids(), [1, 2, 3, 4])
+        self.assertEqual(self.poller.status.state, "ok")

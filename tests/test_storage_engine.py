@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,12 +22,16 @@ from owncdn.interfaces import Change
 from owncdn.storage import version_id
 from owncdn.storage.chunks import (
     CHUNK_SIZE,
+    MIN_COMPRESS_SIZE,
+    PROBE_MIN_SIZE,
     chunk_span,
     decode_chunk,
     encode_chunk,
     looks_compressible,
     read_blocks,
 )
+from owncdn.storage import engine as engine_module
+from owncdn.storage.batch import groups
 from owncdn.storage.changelog import record_change
 from owncdn.storage.engine import StorageClosed, StorageEngine, prefix_upper_bound
 from owncdn.storage.schema import (
@@ -101,13 +106,21 @@ class ChunkTests(SynchronousTestCase):
         data = os.urandom(10_000) + b"a" * 200
         self.assertEqual(encode_chunk(data), (data, False))
 
-    def test_tiny_and_empty(self):
-        """Tiny chunks are tried whole; empty ones stay empty."""
+    def test_small_and_empty(self):
+        """Chunks that fit in one packet anyway stay raw; from MIN_COMPRESS_SIZE on they are tried whole."""
         self.assertEqual(encode_chunk(b""), (b"", False))
-        self.assertEqual(encode_chunk(b"abc"), (b"abc", False))
-        stored, compressed = encode_chunk(b"a" * 100)
+        small = b"a" * (MIN_COMPRESS_SIZE - 1)
+        self.assertEqual(encode_chunk(small), (small, False))
+        stored, compressed = encode_chunk(small + b"a")
         self.assertTrue(compressed)
-        self.assertEqual(decode_chunk(stored, True), b"a" * 100)
+        self.assertEqual(decode_chunk(stored, True), small + b"a")
+
+    def test_probe_on_small_chunks(self):
+        """From PROBE_MIN_SIZE on, a quarter of the chunk decides: noise is refused, text tried."""
+        self.assertTrue(looks_compressible(os.urandom(PROBE_MIN_SIZE - 1)))
+        self.assertFalse(looks_compressible(os.urandom(PROBE_MIN_SIZE)))
+        self.assertTrue(looks_compressible(TEXT[:PROBE_MIN_SIZE]))
+        self.assertEqual(encode_chunk(TEXT[:PROBE_MIN_SIZE])[1], True)
 
     def test_samples_decide(self):
         """The pre-check says no for noise and yes for text without compressing all."""
@@ -375,6 +388,135 @@ engine.put("partial", Stall(), "x", None, None, None, 2.0)
                          (40, 40, "primary-dbid"))
         own, _ = reopened.put("local", io.BytesIO(b"x"), "x", None, None, None, 6.0)
         self.assertEqual(own.id, 41)
+
+
+class BatchTests(EngineCase):
+    def commits(self, engine: StorageEngine) -> list[str]:
+        statements: list[str] = []
+        engine._writer.set_trace_callback(statements.append)
+        self.addCleanup(engine._writer.set_trace_callback, None)
+        return statements
+
+    def put_write(self, path: str, body, md5: bytes | None = None, engine=None):
+        engine = engine or self.engine
+        return engine.put_write(path, body, "x", None, md5, None, 1.0)
+
+    def test_small_writes_share_one_commit(self):
+        """Waiting small writes commit together; a failing one is undone alone, with its own error."""
+        self.put("old", b"old")
+        statements = self.commits(self.engine)
+        committed = []
+        self.engine.write_batch([
+            self.put_write("a", io.BytesIO(b"a")),
+            self.put_write("bad", io.BytesIO(b"b"), md5=b"0" * 16),
+            self.engine.delete_write("missing", 2.0),
+            self.engine.delete_write("old", 2.0),
+            self.put_write("c", io.BytesIO(b"c")),
+        ], committed.append)
+        self.assertEqual(statements.count("COMMIT"), 1)
+        (outcomes,) = committed
+        self.assertEqual([success for success, _ in outcomes], [True, False, False, True, True])
+        self.assertIsInstance(outcomes[1][1], BadDigest)
+        self.assertIsInstance(outcomes[2][1], NoSuchFile)
+        self.assertEqual([outcomes[i][1][0].id for i in (0, 4)] + [outcomes[3][1].id],
+                         [2, 4, 3])
+        self.assertEqual([(c.id, c.op, c.path) for c in self.engine.changes_after(1, 10)],
+                         [(2, "put", "a"), (3, "delete", "old"), (4, "put", "c")])
+        self.assertEqual(self.count("SELECT count(*) FROM chunks"), 3)
+        self.assertIntact()
+
+    def test_no_savepoints_while_nothing_fails(self):
+        """A batch where every write succeeds is made once, without savepoints."""
+        statements = self.commits(self.engine)
+        committed = []
+        self.engine.write_batch([self.put_write(f"f{n}", io.BytesIO(b"%d" % n)) for n in range(5)],
+                                committed.append)
+        self.assertEqual([success for success, _ in committed[0]], [True] * 5)
+        self.assertEqual((statements.count("COMMIT"), statements.count("ROLLBACK")), (1, 0))
+        self.assertNotIn("SAVEPOINT write", statements)
+
+    def test_big_write_commits_alone(self):
+        """A body of more than one chunk gets a transaction of its own, between its neighbours'."""
+        engine = self.open("chunks.db", chunk_size=1024)
+        data = os.urandom(3000)
+        committed = []
+        engine.write_batch([
+            self.put_write("s1", io.BytesIO(b"1"), engine=engine),
+            self.put_write("s2", io.BytesIO(b"2" * 1024), engine=engine),
+            self.put_write("big", TrickleFile(data, 100), engine=engine),
+            self.put_write("s3", io.BytesIO(b"3"), engine=engine),
+        ], committed.append)
+        self.assertEqual([[result[0].path for _, result in outcomes] for outcomes in committed],
+                         [["s1", "s2"], ["big"], ["s3"]])
+        content = b"".join(engine.read_chunk(committed[1][0][1][0].id, i) for i in range(3))
+        self.assertEqual(content, data)
+
+    def test_group_bytes_bounded(self):
+        """Small writes past the byte budget of a transaction go in the next one."""
+        engine = self.open("chunks.db", chunk_size=1024)
+        committed = []
+        writes = [self.put_write(f"f{n}", io.BytesIO(b"x" * 1000), engine=engine)
+                  for n in range(5)]
+        for group in groups(writes, 1024, group_bytes=2500):
+            committed.append(len(group))
+        self.assertEqual(committed, [2, 2, 1])
+
+    def test_unreadable_body_fails_alone(self):
+        """A body that fails while read ahead fails its write only."""
+        committed = []
+        self.engine.write_batch([
+            self.put_write("a", io.BytesIO(b"a")),
+            self.put_write("broken", FailingFile(10)),
+            self.put_write("b", io.BytesIO(b"b")),
+        ], committed.append)
+        (outcomes,) = committed
+        self.assertEqual([success for success, _ in outcomes], [True, False, True])
+        self.assertIsInstance(outcomes[1][1], OSError)
+        self.assertEqual([c.path for c in self.engine.changes_after(0, 10)], ["a", "b"])
+
+    def test_failed_commit_fails_the_whole_group(self):
+        """When the commit fails, every write of its transaction fails and nothing is stored."""
+        @contextmanager
+        def commit_fails(conn):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.patch(engine_module, "write_transaction", commit_fails)
+        committed = []
+        self.engine.write_batch([
+            self.put_write("a", io.BytesIO(b"a")),
+            self.engine.delete_write("missing", 2.0),
+            self.put_write("b", io.BytesIO(b"b")),
+        ], committed.append)
+        (outcomes,) = committed
+        self.assertEqual([(success, str(error)) for success, error in outcomes],
+                         [(False, "disk I/O error")] * 3)
+        self.assertEqual(self.engine.changes_after(0, 10), [])
+        self.assertIntact()
+
+    def test_applied_changes_follow_each_other(self):
+        """A change that must follow one that failed is refused, so nothing is skipped."""
+        changes = [Change(id=n, time=5.0, op="put", path=f"r{n}", version=f"v{n}", size=1,
+                          etag=hashlib.md5(b"%d" % n).hexdigest(), sha256=None,
+                          content_type="x") for n in (3, 7, 9)]
+        committed = []
+        self.engine.write_batch([
+            self.engine.apply_write(changes[0], io.BytesIO(b"3"), "db", after=0),
+            self.engine.apply_write(changes[1], io.BytesIO(b"bad"), "db", after=3),
+            self.engine.apply_write(changes[2], io.BytesIO(b"9"), "db", after=7),
+        ], committed.append)
+        (outcomes,) = committed
+        self.assertEqual([success for success, _ in outcomes], [True, False, False])
+        self.assertIsInstance(outcomes[1][1], BadDigest)
+        self.assertIsInstance(outcomes[2][1], ValueError)
+        self.assertEqual([c.id for c in self.engine.changes_after(0, 10)], [3])
+        self.engine.apply_change(changes[1], io.BytesIO(b"7"), "db", after=3)
+        self.engine.apply_change(changes[2], io.BytesIO(b"9"), "db", after=7)
+        self.assertEqual([c.id for c in self.engine.changes_after(0, 10)], [3, 7, 9])
 
 
 class PruneTests(EngineCase):

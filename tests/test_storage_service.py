@@ -8,19 +8,21 @@ import io
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from owncdn.config import ServiceConfig
 from owncdn.errors import NoSuchFile, NoSuchVersion, ReadOnlyReplica
 from owncdn.lockfile import FileLock, LockedByOther, is_locked
 from owncdn.registry import ServiceContext
-from owncdn.services.storage import StorageService, build, prune_interval
+from owncdn.services.storage import BATCH_WRITES, StorageService, build, prune_interval
 from owncdn.storage import SMALL_FILE_LIMIT
 from owncdn.storage.chunks import CHUNK_SIZE
+from owncdn.storage.engine import StorageClosed
 from owncdn.testing import InlineThreadPool, ThreadlessClock
 from tests.storage_contract import TEXT, FileServiceContractMixin
 
@@ -66,6 +68,22 @@ class Harness:
 
     def readers(self, service: StorageService) -> InlineThreadPool:
         return service._reader_pool
+
+    def writer(self, service: StorageService) -> InlineThreadPool:
+        return service._writer_pool
+
+    @contextmanager
+    def queued_writes(self):
+        """
+        Hold back the writer's answer to the first write: the writes
+        after it queue, and go to the writer together when it ends.
+        """
+        writer = self.writer(self.files)
+        writer.hold()
+        try:
+            yield
+        finally:
+            writer.release()
 
 
 class SQLiteStorageContractTests(Harness, FileServiceContractMixin, SynchronousTestCase):
@@ -141,6 +159,60 @@ class SmallFileMemoryTests(Harness, SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.successResultOf(stale).read(0, 9)), b"old")
         body = self.successResultOf(service.get("race.txt"))
         self.assertEqual(self.successResultOf(body.read(0, 9)), b"new")
+
+
+class GroupCommitTests(Harness, SynchronousTestCase):
+    def setUp(self):
+        super().setUp()
+        self.files = self.make_files()
+
+    def test_waiting_writes_share_one_transaction(self):
+        """Writes that queue behind a busy writer go to it in one job and one commit."""
+        writer = self.writer(self.files)
+        jobs = writer.jobs
+        with self.queued_writes():
+            puts = [self.files.put(f"q/{n}", io.BytesIO(b"%d" % n)) for n in range(10)]
+        self.assertEqual(writer.jobs, jobs + 2)
+        for d in puts:
+            self.successResultOf(d)
+        self.successResultOf(self.files.stopService())
+        again = self.start(self.new_service("s1.db"))
+        listed, _ = self.successResultOf(again.list("q/", None, 20))
+        self.assertEqual(len(listed), 10)
+
+    def test_listeners_hear_in_order_before_answers(self):
+        """Each committed write is announced in order, before any caller of its batch hears back."""
+        heard = []
+        answered = []
+        self.files.change_listeners.append(lambda change: heard.append(change.path))
+        with self.queued_writes():
+            for path in ("a", "b", "c"):
+                self.files.put(path, io.BytesIO(b"x")).addCallback(
+                    lambda info: answered.append((info.path, list(heard))))
+        self.assertEqual(heard, ["a", "b", "c"])
+        self.assertEqual(answered, [("a", ["a"]), ("b", ["a", "b", "c"]),
+                                    ("c", ["a", "b", "c"])])
+
+    def test_batches_are_bounded(self):
+        """No more than BATCH_WRITES writes go to the writer thread at a time."""
+        writer = self.writer(self.files)
+        jobs = writer.jobs
+        with self.queued_writes():
+            puts = [self.files.put(f"b/{n}", io.BytesIO(b"x")) for n in range(BATCH_WRITES + 2)]
+        self.assertEqual(writer.jobs, jobs + 3)
+        self.assertEqual(len([self.successResultOf(d) for d in puts]), BATCH_WRITES + 2)
+
+    def test_stop_finishes_queued_writes(self):
+        """Stopping answers every write already queued (committed), then refuses new ones."""
+        with self.queued_writes():
+            puts = [self.files.put(f"s/{n}", io.BytesIO(b"x")) for n in range(3)]
+            stopped = self.files.stopService()
+            self.assertNoResult(stopped)
+            self.failureResultOf(self.files.put("late", io.BytesIO(b"x")), StorageClosed)
+        self.successResultOf(stopped)
+        self.assertEqual(len([self.successResultOf(d) for d in puts]), 3)
+        again = self.start(self.new_service("s1.db"))
+        self.assertEqual(again.last_change_id(), 3)
 
 
 class LifecycleTests(Harness, SynchronousTestCase):
@@ -308,7 +380,7 @@ class ThreadedServiceTests(TestCase):
         folder.mkdir()
         service = StorageService(folder / "threads.db", reactor)
         engine_threads = set()
-        for name in ("open", "put", "open_version", "read_chunk", "list_files", "close"):
+        for name in ("open", "write_batch", "open_version", "read_chunk", "list_files", "close"):
             self.patch(service._engine, name, self.recorded(
                 getattr(service._engine, name), engine_threads))
         service.startService()
@@ -330,6 +402,23 @@ class ThreadedServiceTests(TestCase):
         self.assertFalse(is_locked(folder / "threads.db.lock"))
         self.assertNotIn(threading.main_thread(), engine_threads)
         self.assertGreater(len(engine_threads), 1)
+
+    @inlineCallbacks
+    def test_concurrent_writes_in_threads(self):
+        """Puts issued all at once are each stored, with change IDs in the order of the calls."""
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        service = StorageService(folder / "burst.db", reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        bodies = [os.urandom(n * 997 % 5000) for n in range(200)]
+        infos = yield gatherResults([service.put(f"burst/{n:03d}", io.BytesIO(body))
+                                     for n, body in enumerate(bodies)])
+        self.assertEqual([int(info.version) for info in infos], list(range(1, 201)))
+        for n in (0, 57, 199):
+            body = yield service.get(f"burst/{n:03d}")
+            data = yield body.read(0, 1 << 20)
+            self.assertEqual(data, bodies[n])
 
     @staticmethod
     def recorded(method, threads: set):

@@ -2,10 +2,14 @@
 The replica side of live replication: a service that long-polls
 C{syncnext} on the primary and applies every change, in order.
 
-Downloads of several puts run at once (catch-up speed), but changes are
-applied strictly in ID order, each in one transaction with the replica's
-last applied ID, so a crash at any point resumes exactly where it
-stopped.  Every failure is retried with capped exponential backoff and
+Downloads of several puts run at once, and each change is handed to the
+storage service as soon as it and every change before it are there,
+without waiting for the ones before to commit: the service commits the
+changes waiting together (group commit), which is what makes catch-up
+fast.  Changes are still applied strictly in ID order, each in one
+savepoint with the replica's last applied ID, so a crash at any point
+resumes exactly where it stopped, and a change that fails stops the ones
+queued behind it (each names the change it must follow).  Every failure is retried with capped exponential backoff and
 recorded in L{ReplicaStatus}, except a changed source database (C{dbid}),
 which stops the poller until an operator resyncs.
 """
@@ -19,9 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 import treq
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
@@ -29,14 +35,19 @@ from owncdn.replication.status import ReplicaStatus, write_status
 
 log = Logger()
 
-BATCH = 100
+# As many changes as one syncnext answers (the primary keeps the last
+# 1,000 in memory): a replica catching up asks once per thousand.
+BATCH = 1000
 WAIT = 30
+# Downloads at once, and changes between the start of their download
+# and their commit: the writer commits up to WINDOW changes together.
 CONCURRENCY = 8
+WINDOW = 64
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 CONNECT_SLACK = 15
 # Bodies up to this size are downloaded into memory: creating a spool
-# file costs more than the rest of a small change.  At most BATCH of
+# file costs more than the rest of a small change.  At most WINDOW of
 # them wait to be applied at a time.
 MEMORY_BODY = 64 * 1024
 
@@ -80,21 +91,33 @@ class ReplicaPoller(Service):
 
     @param target: the replica storage service; it offers
         C{last_applied_id()}, C{source_dbid()} and
-        C{apply_change(change, body)}.
+        C{apply_change(change, body, source_dbid, after=...)}.
+    @param http: the treq-like client to talk to the source with; by
+        default one of its own, whose connection pool keeps a connection
+        for the long poll and for each concurrent download (treq's
+        shared pool keeps two per host, so most downloads would each
+        open, and the source accept, a new TCP connection).
     """
 
     def __init__(self, target, source: ReplicationSource, remote_sid: str, reactor,
-                 spool_dir: Path, http=treq, wait: int = WAIT, batch: int = BATCH,
-                 concurrency: int = CONCURRENCY, status_path: Path | None = None):
+                 spool_dir: Path, http=None, wait: int = WAIT, batch: int = BATCH,
+                 concurrency: int = CONCURRENCY, window: int = WINDOW,
+                 status_path: Path | None = None):
         self.target = target
         self.source = source
         self.remote_sid = remote_sid
         self.reactor = reactor
         self.spool_dir = Path(spool_dir)
+        self._pool: HTTPConnectionPool | None = None
+        if http is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = concurrency + 1
+            http = HTTPClient(Agent(reactor, pool=self._pool))
         self.http = http
         self.wait = wait
         self.batch = batch
         self.concurrency = concurrency
+        self.window = window
         self.status = ReplicaStatus(source.id, remote_sid)
         self.status_path = status_path
         self._status_writing = False
@@ -119,10 +142,13 @@ class ReplicaPoller(Service):
 
     def stopService(self):
         super().stopService()
+        stopped = defer.succeed(None)
         if self._loop is not None:
             self._loop.cancel()
-            self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
-            return self._loop
+            stopped = self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
+        if self._pool is not None:
+            stopped.addCallback(lambda _: self._pool.closeCachedConnections())
+        return stopped
 
     def _url(self, function: str) -> str:
         return self.source.url.rstrip("/") + "/" + function
@@ -225,25 +251,64 @@ class ReplicaPoller(Service):
         changes = [change_from_json(item) for item in items]
         if any(c.id <= after for c in changes):
             raise SyncError("syncnext answered changes the replica already has")
-        await self._apply(changes, dbid)
+        await self._apply(changes, dbid, after)
         return len(changes)
 
-    async def _apply(self, changes: list[Change], dbid: str) -> None:
+    async def _apply(self, changes: list[Change], dbid: str, after: int) -> None:
+        """
+        Download the puts' bodies and queue each change, in order, with
+        the target as soon as its body is there.  A failed download
+        stops the queueing at its change; what was queued before it
+        still commits.  Returns (or raises the first failure) once every
+        queued change is answered.
+        """
         limiter = defer.DeferredSemaphore(self.concurrency)
-        downloads = {c.id: limiter.run(self._download_guarded, c)
-                     for c in changes if c.op == "put"}
+        window = defer.DeferredSemaphore(self.window)
+        fetches = [defer.Deferred.fromCoroutine(self._fetch(c, window, limiter))
+                   for c in changes]
+        applying: list[defer.Deferred] = []
+        stopped_by = None
         try:
-            for change in changes:
-                body = await downloads.pop(change.id) if change.op == "put" else None
-                try:
-                    await self.target.apply_change(change, body, dbid)
-                finally:
-                    if body is not None:
-                        body.close()
+            for change, fetch in zip(changes, fetches):
+                body = await fetch
+                d = self.target.apply_change(change, body, dbid, after=after)
+                d.addBoth(self._applied, body, window)
+                applying.append(d)
+                after = change.id
+        except Exception as e:
+            stopped_by = e
         finally:
-            for pending in downloads.values():
-                pending.cancel()
-                pending.addBoth(lambda r: r.close() if hasattr(r, "close") else None)
+            for fetch in fetches[len(applying):]:
+                fetch.cancel()
+                fetch.addBoth(_close)
+        outcomes = await defer.DeferredList(applying, consumeErrors=True)
+        for success, result in outcomes:
+            if not success:
+                result.raiseException()
+        if stopped_by is not None:
+            raise stopped_by
+
+    async def _fetch(self, change: Change, window: defer.DeferredSemaphore,
+                     limiter: defer.DeferredSemaphore):
+        """
+        Take a place in the window (released once the change is
+        applied), then download the body of a put.
+        """
+        await window.acquire()
+        try:
+            if change.op != "put":
+                return None
+            return await limiter.run(self._download_guarded, change)
+        except BaseException:
+            window.release()
+            raise
+
+    @staticmethod
+    def _applied(result, body, window: defer.DeferredSemaphore):
+        if body is not None:
+            body.close()
+        window.release()
+        return result
 
     def _download_guarded(self, change: Change) -> defer.Deferred:
         return defer.Deferred.fromCoroutine(self._download(change))
@@ -297,7 +362,7 @@ class ReplicaPoller(Service):
             spool.write(data)
 
         try:
-            await self.http.collect(response, write)
+            await treq.collect(response, write)
             if change.sha256 is not None and digest.hexdigest() != change.sha256:
                 raise SyncError(f"the bytes of {change.path} version {change.version} "
                                 f"do not match their SHA-256")
@@ -309,3 +374,9 @@ class ReplicaPoller(Service):
             raise
         spool.seek(0)
         return spool
+
+
+def _close(result) -> None:
+    # A body downloaded for a change that was never applied.
+    if hasattr(result, "close"):
+        result.close()

@@ -5,15 +5,19 @@ The service owns the database's threads: one writer thread (SQLite
 allows one writer at a time, and a single thread makes the order of
 commits the order of requests) and a few reader threads.  The reactor
 thread only dispatches to them and routes results; it never touches
-SQLite, Brotli or the upload's file.  Two things stay in memory because
+SQLite, Brotli or the upload's file.  Writes wait in a queue of the
+service; whenever the writer thread is free it takes every write waiting
+(up to L{BATCH_WRITES}) and commits them together, see
+L{owncdn.storage.batch}.  Two things stay in memory because
 the service sees every write: the newest change ID, and the newest
 version of small files, so that most small GETs finish without a thread
 hop.
 """
 
 import os
+from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +26,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -37,6 +42,7 @@ from owncdn.interfaces import (
 from owncdn.lockfile import FileLock, LockedByOther, lock_note
 from owncdn.paths import fold_case
 from owncdn.storage import guess_content_type
+from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.changelog import info_from_change
 from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
@@ -54,7 +60,27 @@ READER_THREADS = 4
 PRUNE_INTERVAL = 3600.0
 MIN_PRUNE_INTERVAL = 60.0
 
+# Writes handed to the writer thread at a time.  The engine commits the
+# small ones among them together; the bound keeps the last of them from
+# waiting long for the reactor to hear of the first.
+BATCH_WRITES = 64
+
 ChangeListener = Callable[[Change], object]
+
+
+@dataclass
+class _Queued:
+    """
+    A write waiting for the writer thread.
+
+    @ivar done: run on the reactor thread with the write's result once
+        it is committed, to bring the service's memory up to date;
+        returns what the caller's Deferred fires with.
+    """
+
+    write: Write
+    done: Callable[[object], object]
+    deferred: Deferred
 
 
 def prune_interval(keep_versions: bool | float) -> float | None:
@@ -105,6 +131,13 @@ class StorageService(Service):
         # Bumped after every commit; a read that started before a commit
         # must not put what it read into the small-file cache.
         self._commits = 0
+        # Writes not yet handed to the writer thread, oldest first; those
+        # handed over and not yet answered; Deferreds waiting for both to
+        # be empty (stopService).
+        self._queue: deque[_Queued] = deque()
+        self._in_flight: deque[_Queued] | None = None
+        self._drain_waiters: list[Deferred] = []
+        self._closing = False
 
     # Service
 
@@ -161,16 +194,21 @@ class StorageService(Service):
         super().stopService()
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
-        writer, readers = self._writer_pool, self._reader_pool
-        self._writer_pool = self._reader_pool = None
+        readers, self._reader_pool = self._reader_pool, None
         if readers is not None:
             readers.stop()
-        if writer is None:
-            self._lock.release()
+        writer = self._writer_pool
+        if writer is None or self._closing:
+            if writer is None:
+                self._lock.release()
             return succeed(None)
-        d = deferToThreadPool(self._reactor, writer, self._engine.close)
+        self._closing = True
+        d = self._drained()
+        d.addCallback(lambda _: deferToThreadPool(self._reactor, writer, self._engine.close))
 
         def finish(result):
+            self._writer_pool = None
+            self._closing = False
             writer.stop()
             self._lock.release()
             return result
@@ -180,9 +218,86 @@ class StorageService(Service):
     # Threads
 
     def _in_writer(self, work: Callable, *args) -> Deferred:
-        if self._writer_pool is None:
+        if self._writer_pool is None or self._closing:
             return fail(StorageClosed(f"{self.db_path} is not running"))
         return deferToThreadPool(self._reactor, self._writer_pool, work, *args)
+
+    def _write(self, write: Write, done: Callable[[object], object]) -> Deferred:
+        """
+        Queue C{write} for the writer thread.
+
+        @return: a Deferred that fires with what C{done} makes of the
+            write's result once its transaction has committed, or fails
+            with the write's own error.
+        """
+        if self._writer_pool is None or self._closing:
+            return fail(StorageClosed(f"{self.db_path} is not running"))
+        d = Deferred()
+        self._queue.append(_Queued(write, done, d))
+        self._next_batch()
+        return d
+
+    def _next_batch(self) -> None:
+        """
+        Hand the writes waiting to the writer thread, unless it is busy
+        with the previous batch (then they go when it is done).
+        """
+        if self._in_flight is not None:
+            return
+        if not self._queue:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        batch = deque(self._queue.popleft()
+                      for _ in range(min(BATCH_WRITES, len(self._queue))))
+        self._in_flight = batch
+
+        def committed(outcomes: list[Outcome]) -> None:
+            self._reactor.callFromThread(self._answer, batch, outcomes)
+
+        d = deferToThreadPool(self._reactor, self._writer_pool, self._engine.write_batch,
+                              [queued.write for queued in batch], committed)
+        d.addErrback(lambda failure: self._answer(batch, [(False, failure)] * len(batch)))
+        d.addBoth(lambda _: self._batch_done())
+
+    def _batch_done(self) -> None:
+        self._in_flight = None
+        self._next_batch()
+
+    def _answer(self, batch: deque[_Queued], outcomes: list[Outcome]) -> None:
+        """
+        One transaction of C{batch} committed (or failed): bring memory
+        up to date with each of its writes in order, then answer their
+        callers in order.
+        """
+        answers = []
+        for success, result in outcomes:
+            queued = batch.popleft()
+            if success:
+                try:
+                    result = queued.done(result)
+                except Exception:
+                    success, result = False, Failure()
+            elif not isinstance(result, Failure):
+                result = Failure(result)
+            answers.append((queued.deferred, success, result))
+        for d, success, result in answers:
+            if success:
+                d.callback(result)
+            else:
+                d.errback(result)
+
+    def _drained(self) -> Deferred:
+        """
+        @return: a Deferred that fires once every queued write has been
+            answered.
+        """
+        if self._in_flight is None and not self._queue:
+            return succeed(None)
+        d = Deferred()
+        self._drain_waiters.append(d)
+        return d
 
     def _in_reader(self, work: Callable, *args) -> Deferred:
         if self._reader_pool is None:
@@ -202,9 +317,11 @@ class StorageService(Service):
         """
         self._commits += 1
         self._last_change_id = max(self._last_change_id, change.id)
-        if self._engine.checkpoint_due:
-            # Off the request path: the write is already durable.
-            self._in_writer(self._engine.checkpoint).addErrback(
+        if self._engine.checkpoint_due and self._writer_pool is not None:
+            # Off the request path: the write is already durable.  (Queued
+            # even while closing: it runs before the close.)
+            deferToThreadPool(self._reactor, self._writer_pool,
+                              self._engine.checkpoint).addErrback(
                 lambda failure: log.failure("storage {db}: checkpoint failed", failure,
                                             db=str(self.db_path)))
         if loaded is not None and loaded.data is not None:
@@ -252,8 +369,8 @@ class StorageService(Service):
         if self.replica is not None:
             return fail(self._read_only())
         key = self._key(path)
-        d = self._in_writer(
-            self._engine.put, key, body, content_type or guess_content_type(key),
+        write = self._engine.put_write(
+            key, body, content_type or guess_content_type(key),
             metadata, expected_md5, expected_sha256, self._reactor.seconds(),
         )
 
@@ -262,18 +379,18 @@ class StorageService(Service):
             self._committed(change, loaded)
             return loaded.stored.info
 
-        return d.addCallback(stored)
+        return self._write(write, stored)
 
     def delete(self, path: str) -> Deferred:
         if self.replica is not None:
             return fail(self._read_only())
-        d = self._in_writer(self._engine.delete, self._key(path), self._reactor.seconds())
+        write = self._engine.delete_write(self._key(path), self._reactor.seconds())
 
         def deleted(change: Change) -> FileInfo:
             self._committed(change, None)
             return info_from_change(change, current=True)
 
-        return d.addCallback(deleted)
+        return self._write(write, deleted)
 
     def _read_only(self) -> ReadOnlyReplica:
         return ReadOnlyReplica(
@@ -295,8 +412,7 @@ class StorageService(Service):
     def purge(self, path: str, version: str) -> Deferred:
         if self.replica is not None:
             return fail(self._read_only())
-        d = self._in_writer(self._engine.purge, self._key(path), version,
-                            self._reactor.seconds())
+        write = self._engine.purge_write(self._key(path), version, self._reactor.seconds())
 
         def purged(result: tuple[Change, FileInfo] | None) -> FileInfo | None:
             if result is None:
@@ -305,7 +421,7 @@ class StorageService(Service):
             self._committed(change, None)
             return target
 
-        return d.addCallback(purged)
+        return self._write(write, purged)
 
     # IChangeLog
 
@@ -318,21 +434,27 @@ class StorageService(Service):
     # Replication and housekeeping
 
     def apply_change(self, change: Change, body: BinaryIO | None,
-                     source_dbid: str | None = None) -> Deferred:
+                     source_dbid: str | None = None, after: int | None = None) -> Deferred:
         """
         Apply a change read from the primary's log, under its ID and
         version, in one transaction with the C{last_applied} mark and
-        the primary's C{dbid}: the replica's own write path.
+        the primary's C{dbid}: the replica's own write path.  Changes
+        may be queued back to back without waiting for each other (they
+        commit together): give each the ID of the one before as
+        C{after}, and once one fails the ones queued behind it fail too
+        instead of leaving a gap.
 
         @param body: the content of a put, C{None} for a delete or for a
             put whose content the primary has pruned (NoSuchVersion).
+        @param after: when given, the change must directly follow the
+            last applied change C{after}.
         @return: a Deferred that fires with C{None} once committed, or
             fails with L{owncdn.errors.BadDigest} or C{ValueError}
             (change out of order).
         """
         if not self.case_sensitive:
             change = replace(change, path=fold_case(change.path))
-        d = self._in_writer(self._engine.apply_change, change, body, source_dbid)
+        write = self._engine.apply_write(change, body, source_dbid, after)
 
         def applied(loaded: LoadedVersion | None) -> None:
             self._last_applied = change.id
@@ -340,7 +462,7 @@ class StorageService(Service):
                 self._source_dbid = source_dbid
             self._committed(change, loaded)
 
-        return d.addCallback(applied)
+        return self._write(write, applied)
 
     def last_applied_id(self) -> int:
         """

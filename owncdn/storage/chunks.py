@@ -9,6 +9,7 @@ build on these functions.  The figures behind the constants are in
 docs/storage.md.
 """
 
+import io
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -30,6 +31,14 @@ QUALITY = 4
 SMALL_CHUNK = 64 * 1024
 SMALL_CHUNK_QUALITY = 5
 
+# Bodies smaller than this are stored as they are.  With its response
+# headers (about 300 bytes from the daemon) such a body fits in one TCP
+# segment (1,448 bytes of payload on an Ethernet path, less TLS's ~30)
+# compressed or not, so Brotli would save no packet and no round trip,
+# while costing the single writer thread ~20 us per upload and every
+# reader a decompression.  docs/storage.md has the measurements.
+MIN_COMPRESS_SIZE = 1100
+
 # A compressed chunk is kept only if it saves at least 1/32 of the raw
 # size: below that every read would pay for decompression to save
 # almost no space.
@@ -37,9 +46,12 @@ MIN_SAVING_FRACTION = 32
 
 # Incompressible data (JPEG, video, archives) is recognised from a few
 # samples compressed at quality 1, so it does not pay for a full
-# compression that would be thrown away.
+# compression that would be thrown away.  The samples are at most a
+# quarter of the data; below PROBE_MIN_SIZE a full attempt costs little
+# more than the probe would.
 SAMPLE_SLICE = 4096
 SAMPLE_SLICES = 4
+PROBE_MIN_SIZE = 2048
 SAMPLE_QUALITY = 1
 # A sample that does not shrink below 90% means the chunk would not get
 # under the MIN_SAVING_FRACTION bar either.
@@ -49,14 +61,13 @@ SAMPLE_MAX_RATIO = 0.9
 def looks_compressible(data: bytes) -> bool:
     """
     Whether compressing C{data} is worth trying, judged from evenly
-    spaced samples.  Data no bigger than the samples is always tried.
+    spaced samples.  Data under L{PROBE_MIN_SIZE} is always tried.
     """
-    if len(data) <= SAMPLE_SLICE * SAMPLE_SLICES:
+    if len(data) < PROBE_MIN_SIZE:
         return True
-    step = (len(data) - SAMPLE_SLICE) // (SAMPLE_SLICES - 1)
-    sample = b"".join(
-        data[i * step:i * step + SAMPLE_SLICE] for i in range(SAMPLE_SLICES)
-    )
+    size = min(SAMPLE_SLICE, len(data) // (4 * SAMPLE_SLICES))
+    step = (len(data) - size) // (SAMPLE_SLICES - 1)
+    sample = b"".join(data[i * step:i * step + size] for i in range(SAMPLE_SLICES))
     packed = brotli.compress(sample, quality=SAMPLE_QUALITY)
     return len(packed) < len(sample) * SAMPLE_MAX_RATIO
 
@@ -68,7 +79,7 @@ def encode_chunk(data: bytes) -> tuple[bytes, bool]:
     @return: the stored bytes and whether they are Brotli-compressed.
         A compressed chunk is one complete Brotli stream.
     """
-    if not data or not looks_compressible(data):
+    if len(data) < MIN_COMPRESS_SIZE or not looks_compressible(data):
         return data, False
     quality = SMALL_CHUNK_QUALITY if len(data) <= SMALL_CHUNK else QUALITY
     packed = brotli.compress(data, quality=quality)
@@ -100,6 +111,44 @@ def read_blocks(body: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
                 break
             block += more
         yield block
+
+
+class _Replay:
+    """
+    A body whose first bytes were read ahead: those, then the rest.
+    """
+
+    def __init__(self, head: list[bytes], rest: BinaryIO):
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            head, self._head = self._head, []
+            return b"".join(head) + self._rest.read()
+        if not self._head:
+            return self._rest.read(size)
+        piece = self._head.pop(0)
+        if size < len(piece):
+            piece, tail = piece[:size], piece[size:]
+            self._head.insert(0, tail)
+        return piece
+
+
+def first_chunk(body: BinaryIO, size: int = CHUNK_SIZE) -> tuple[BinaryIO, int | None]:
+    """
+    Read the first C{size} bytes of C{body} ahead, to learn whether it is
+    longer than that.
+
+    @return: a body that reads the same bytes as C{body} did, and the
+        content's length when it is at most C{size} (the body has then
+        been read to its end), else C{None}.
+    """
+    head = next(read_blocks(body, size), b"")
+    more = body.read(1) if len(head) == size else b""
+    if not more:
+        return io.BytesIO(head), len(head)
+    return _Replay([head, more], body), None
 
 
 def chunk_span(offset: int, length: int, size: int, chunk_size: int) -> tuple[int, int, int]:

@@ -7,11 +7,13 @@ writer thread on the single writer connection, reads from any number of
 reader threads, each on a connection of its own.  In WAL mode readers
 see the last committed state and never wait for the writer, and the
 writer never waits for them.  Every write (the version row, its chunks,
-the change-log row) commits in one transaction, so a crash at any point
-leaves either the whole version or nothing.
+the change-log row) is made inside one transaction, which the writes
+waiting together share (L{owncdn.storage.batch}), so a crash at any
+point leaves either the whole version or nothing.
 """
 
 import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +29,7 @@ from owncdn.storage import (
     purge_change,
     version_id,
 )
+from owncdn.storage.batch import Outcome, Write, WriteFailed, groups, make_group, rewind
 from owncdn.storage.changelog import (
     CHANGE_COLUMNS,
     change_from_row,
@@ -214,18 +217,67 @@ class StorageEngine:
             raise StorageClosed(f"{self.db_path} is not open")
         return self._readers.get()
 
-    # Writes: writer thread only.
+    # Writes: writer thread only.  Each write method builds a Write for
+    # write_batch; put, delete, purge and apply_change make one at once.
 
-    def put(self, path: str, body: BinaryIO, content_type: str,
-            metadata: dict | None, expected_md5: bytes | None,
-            expected_sha256: bytes | None, now: float) -> tuple[Change, LoadedVersion]:
+    def write_batch(self, writes: Sequence[Write],
+                    committed: Callable[[list[Outcome]], object]) -> None:
         """
-        Store C{body} as the new current version of C{path}.
+        Make C{writes} in order, in as few transactions as
+        L{owncdn.storage.batch} allows; a write that fails is undone
+        alone.
+
+        @param committed: called (in this thread) after each commit with
+            the outcomes of the writes that transaction held, in order.
+            When a commit fails, each of its writes fails with that
+            error.
+        """
+        for group in groups(writes, self.chunk_size):
+            committed(self._make_group(group))
+
+    def _make_group(self, group) -> list[Outcome]:
+        # Without savepoints first; with them only when a write failed
+        # (see owncdn.storage.batch).  A write alone needs none.
+        try:
+            with self._writing() as conn:
+                return make_group(conn, group, isolated=False)
+        except WriteFailed as failed:
+            if len(group) == 1:
+                return [(False, failed.error)]
+        except Exception as error:
+            return [(False, error)] * len(group)
+        rewind(group)
+        try:
+            with self._writing() as conn:
+                return make_group(conn, group, isolated=True)
+        except Exception as error:
+            return [(False, error)] * len(group)
+
+    def write(self, write: Write):
+        """
+        Make one write in a transaction of its own.
+
+        @return: its result.
+        @raise Exception: what the write raised.
+        """
+        outcomes: list[Outcome] = []
+        self.write_batch([write], outcomes.extend)
+        (success, result), = outcomes
+        if not success:
+            raise result
+        return result
+
+    def put_write(self, path: str, body: BinaryIO, content_type: str,
+                  metadata: dict | None, expected_md5: bytes | None,
+                  expected_sha256: bytes | None, now: float) -> Write:
+        """
+        Store C{body} as the new current version of C{path}.  Its result
+        is the C{(Change, LoadedVersion)} written.
 
         @raise BadDigest: an expected digest did not match; nothing was
             stored.
         """
-        with self._writing() as conn:
+        def make(conn: sqlite3.Connection, body: BinaryIO) -> tuple[Change, LoadedVersion]:
             change_id = next_change_id(conn)
             content = self._store_content(conn, change_id, body)
             check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
@@ -236,15 +288,27 @@ class StorageEngine:
                 content_type=content_type, metadata=dict(metadata or {}),
             )
             record_change(conn, change, self.chunk_size)
-        return change, self._written(change, content)
+            return change, self._written(change, content)
 
-    def delete(self, path: str, now: float) -> Change:
+        return Write(make, body)
+
+    def put(self, path: str, body: BinaryIO, content_type: str,
+            metadata: dict | None, expected_md5: bytes | None,
+            expected_sha256: bytes | None, now: float) -> tuple[Change, LoadedVersion]:
         """
-        Add a delete marker on top of C{path}.
+        L{put_write}, made at once.
+        """
+        return self.write(self.put_write(path, body, content_type, metadata,
+                                         expected_md5, expected_sha256, now))
+
+    def delete_write(self, path: str, now: float) -> Write:
+        """
+        Add a delete marker on top of C{path}.  Its result is the
+        marker's L{Change}.
 
         @raise NoSuchFile: C{path} has no live current version.
         """
-        with self._writing() as conn:
+        def make(conn: sqlite3.Connection, _: None) -> Change:
             if not conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone():
                 raise NoSuchFile(f"no file {path!r}")
             change_id = next_change_id(conn)
@@ -254,18 +318,25 @@ class StorageEngine:
                 content_type="", metadata={},
             )
             record_change(conn, change, self.chunk_size)
-        return change
+            return change
 
-    def purge(self, path: str, version: str, now: float) -> tuple[Change, FileInfo] | None:
+        return Write(make)
+
+    def delete(self, path: str, now: float) -> Change:
+        """
+        L{delete_write}, made at once.
+        """
+        return self.write(self.delete_write(path, now))
+
+    def purge_write(self, path: str, version: str, now: float) -> Write:
         """
         Remove one version of C{path} for good (a put or a delete
         marker); when it was the newest, the one before becomes current.
-        See L{owncdn.storage.changelog.record_purge}.
-
-        @return: the purge change and the L{FileInfo} the version had,
-            or C{None} (and no change) when C{path} has no such version.
+        See L{owncdn.storage.changelog.record_purge}.  Its result is the
+        purge change and the L{FileInfo} the version had, or C{None}
+        (and no change) when C{path} has no such version.
         """
-        with self._writing() as conn:
+        def make(conn: sqlite3.Connection, _: None) -> tuple[Change, FileInfo] | None:
             found = conn.execute(
                 "SELECT 1 FROM changes WHERE path = ? AND version = ? AND op != 'purge'"
                 " AND pruned = 0", (path, version),
@@ -274,26 +345,43 @@ class StorageEngine:
                 return None
             change = purge_change(next_change_id(conn), now, path, version)
             target = record_purge(conn, change, self.chunk_size)
-        return change, info_from_change(target, False)
+            return change, info_from_change(target, False)
 
-    def apply_change(self, change: Change, body: BinaryIO | None,
-                     source_dbid: str | None = None) -> LoadedVersion | None:
+        return Write(make)
+
+    def purge(self, path: str, version: str, now: float) -> tuple[Change, FileInfo] | None:
+        """
+        L{purge_write}, made at once.
+        """
+        return self.write(self.purge_write(path, version, now))
+
+    def apply_write(self, change: Change, body: BinaryIO | None,
+                    source_dbid: str | None = None, after: int | None = None) -> Write:
         """
         Write a change made on the primary, under its change ID and
         version, together with the C{last_applied} mark and the
-        primary's C{dbid}.
+        primary's C{dbid}.  Its result is the loaded version of a put
+        with content, else C{None}.
 
         @param body: the content of a put; C{None} when the primary no
             longer has it (pruned), which records the change without
             content.
-        @return: the loaded version of a put with content, else C{None}.
+        @param after: the change applied just before this one must be
+            C{after}, so that changes applied back to back, each in its
+            own savepoint, stop at the first that fails.
         @raise BadDigest: C{body} is not what the change describes.
-        @raise ValueError: C{change} is not newer than the log.
+        @raise ValueError: C{change} is not newer than the log, or does
+            not follow C{after}.
         """
-        with self._writing() as conn:
+        def make(conn: sqlite3.Connection, body: BinaryIO | None) -> LoadedVersion | None:
             newest = last_change_id(conn)
             if change.id <= newest:
                 raise ValueError(f"change {change.id} is not after change {newest}")
+            if after is not None:
+                applied = int(read_meta(conn, "last_applied") or 0)
+                if applied != after:
+                    raise ValueError(f"change {change.id} follows change {after}, "
+                                     f"but the last applied is change {applied}")
             content = None
             if change.op == "put" and body is not None:
                 content = self._store_content(conn, change.id, body)
@@ -309,7 +397,17 @@ class StorageEngine:
             write_meta(conn, "last_applied", str(change.id))
             if source_dbid is not None:
                 write_meta(conn, "source_dbid", source_dbid)
-        return None if content is None else self._written(change, content)
+            return None if content is None else self._written(change, content)
+
+        return Write(make, body)
+
+    def apply_change(self, change: Change, body: BinaryIO | None,
+                     source_dbid: str | None = None,
+                     after: int | None = None) -> LoadedVersion | None:
+        """
+        L{apply_write}, made at once.
+        """
+        return self.write(self.apply_write(change, body, source_dbid, after))
 
     def _store_content(self, conn: sqlite3.Connection, change_id: int,
                        body: BinaryIO) -> _Content:
