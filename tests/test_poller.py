@@ -5,7 +5,6 @@ treq's StubTreq): ordering, verification, backoff and the dbid guard.
 
 import hashlib
 import json
-from urllib.parse import parse_qs
 
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase

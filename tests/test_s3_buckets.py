@@ -281,7 +281,7 @@ class DeleteObjectsTests(TestCase):
         """A VersionId in DeleteObjects removes that version for good."""
         await self.s3.put("/files/a", b"1")
         await self.s3.put("/files/a", b"2")
-        body = f"<Delete><Object><Key>a</Key><VersionId>000000000002</VersionId></Object></Delete>".encode()
+        body = "<Delete><Object><Key>a</Key><VersionId>000000000002</VersionId></Object></Delete>".encode()
         reply = await self.s3.request("POST", "/files?delete", body)
         self.assertEqual(reply.texts("Deleted/VersionId"), ["000000000002"])
         self.assertEqual((await self.s3.request("GET", "/files/a")).body, b"1")
