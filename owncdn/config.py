@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from owncdn.durable import sync_folder
 from owncdn.configschema import (  # noqa: F401 (ConfigError and the parsers are this module's API too)
     FILE_SERVICE_TYPES,
     ID_PATTERN,
@@ -317,11 +318,7 @@ def save(data_dir: Path, raw: dict) -> None:
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_folder(data_dir)
 
 
 def new_key_value() -> str:

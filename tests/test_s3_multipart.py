@@ -72,6 +72,28 @@ class StoreTests(SynchronousTestCase):
         reader = self.store.open_parts(self.upload, parts)
         self.assertEqual(reader.read(), b"oneTWO!")
 
+    def test_part_synced_before_acknowledged(self):
+        """
+        A part's bytes are fsynced under its temporary name before the
+        rename, and its folder after it, before store_part returns: an
+        acknowledged part (its ETag given out) survives a power failure.
+        """
+        synced = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        part = self.store.store_part(self.upload, 1, io.BytesIO(b"one"))
+        folder = str((self.root / self.upload.upload_id).resolve())
+        self.assertEqual(len(synced), 2)
+        self.assertTrue(os.path.basename(synced[0]).startswith(".part-"))
+        self.assertEqual(os.path.dirname(synced[0]), folder)
+        self.assertEqual(synced[1], folder)
+        self.assertEqual(part.etag, hashlib.md5(b"one").hexdigest())
+
     def test_failed_part_leaves_nothing(self):
         """A part whose body fails its check leaves no file, not even a temporary one."""
         self.assertRaises(S3Error, self.store.store_part, self.upload, 1, FailingBody(b"data"))

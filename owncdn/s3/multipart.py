@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from owncdn.digests import BodyDigests
+from owncdn.durable import sync_file, sync_folder
 from owncdn.s3.errors import S3Error
 
 BLOCK = 1024 * 1024
@@ -112,7 +113,10 @@ class MultipartStore:
         folder.mkdir(parents=True)
         temporary = folder / f".{_DESCRIPTION}"
         temporary.write_text(json.dumps(asdict(upload)))
+        sync_file(temporary)
         temporary.rename(folder / _DESCRIPTION)
+        sync_folder(folder)
+        sync_folder(self.root)
         return upload
 
     def get(self, upload_id: str, bucket: str, key: str) -> Upload:
@@ -158,12 +162,16 @@ class MultipartStore:
                 etag = digests.finish()["md5"].hex()
             if source is not None:
                 _link_or_copy(source, temporary)
+            # An acknowledged part survives a power failure: its bytes,
+            # then its name (the ETag the client was given is in it).
+            sync_file(temporary)
             name = f"{number:05d}.{etag}"
             with self._install:
                 temporary.rename(folder / name)
                 for other in folder.glob(f"{number:05d}.*"):
                     if other.name != name:
                         other.unlink(missing_ok=True)
+            sync_folder(folder)
         except FileNotFoundError:
             raise S3Error("NoSuchUpload", UploadId=upload.upload_id) from None
         finally:
