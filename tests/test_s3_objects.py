@@ -11,7 +11,9 @@ import os
 from email.utils import formatdate
 
 from twisted.trial.unittest import TestCase
+from zope.interface import alsoProvides
 
+from owncdn.interfaces import IHeadable
 from owncdn.s3.checksums import new_checksum
 from tests.test_s3_front import EPOCH, S3Front
 from tests.util import asynctest
@@ -165,6 +167,36 @@ class ObjectTests(TestCase):
         """Server-side encryption headers are NotImplemented rather than silently ignored."""
         reply = await self.s3.request("PUT", "/files/a", b"x", headers={"x-amz-server-side-encryption": "AES256"})
         self.assertEqual(reply.error, (501, "NotImplemented"))
+
+    @asynctest
+    async def test_head_object_asks_head(self):
+        """
+        HeadObject on a bucket whose service can describe a file without
+        its content (a cache or an HTTP fetcher: IHeadable) asks it with
+        head, so a HEAD never downloads the object; GET still opens it.
+        """
+        await self.s3.put("/plain/doc", b"data")
+        service = self.s3.plain
+        asked = []
+        real_get = service.get
+
+        def head(path, version=None, query=""):
+            asked.append(("head", path))
+            return real_get(path, version, query)
+
+        def get(path, version=None, query=""):
+            asked.append(("get", path))
+            return real_get(path, version, query)
+
+        alsoProvides(service, IHeadable)
+        service.head, service.get = head, get
+        reply = await self.s3.request("HEAD", "/plain/doc")
+        self.assertEqual((reply.code, reply.header("content-length"), reply.header("etag")),
+                         (200, "4", f'"{hashlib.md5(b"data").hexdigest()}"'))
+        self.assertEqual(asked, [("head", "doc")])
+        reply = await self.s3.request("GET", "/plain/doc")
+        self.assertEqual(reply.body, b"data")
+        self.assertEqual(asked, [("head", "doc"), ("get", "doc")])
 
     @asynctest
     async def test_service_without_versions(self):

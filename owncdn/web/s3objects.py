@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from owncdn.errors import NoSuchFile, NoSuchVersion
-from owncdn.interfaces import FileInfo, IFileBody
+from owncdn.interfaces import FileInfo, IFileBody, IHeadable
 from owncdn.s3 import chunked, xml
 from owncdn.s3.errors import S3Error
 from owncdn.storage import DeleteMarkerVersion
@@ -139,8 +139,11 @@ async def open_object(call: S3Call, service, key: str, version: str | None):
         newest version is a delete marker), C{NoSuchVersion}, or
         C{MethodNotAllowed} for a version that is a delete marker.
     """
+    # A HEAD asks a service that can describe a file without opening
+    # it (a cache or an HTTP fetcher) with head: no download.
+    head = call.request.method == b"HEAD" and IHeadable.providedBy(service)
     try:
-        return await service.get(key, version)
+        return await (service.head if head else service.get)(key, version)
     except DeleteMarkerVersion:
         error = S3Error("MethodNotAllowed", "The specified method is not allowed against a delete marker.")
         error.headers = {b"x-amz-delete-marker": b"true", b"x-amz-version-id": version.encode(),
