@@ -789,14 +789,18 @@ class RealSocketTests(SiteTestMixin, TestCase):
         self.addCleanup(self.port.stopListening)
 
     @defer.inlineCallbacks
-    def exchange(self, requests: bytes):
+    def send(self, requests: bytes):
+        """Send C{requests} on a new connection; everything received until it closes."""
         client = Collector()
         yield endpoints.connectProtocol(
             endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
             client)
         client.transport.write(requests)
-        data = yield client.closed
-        return split_responses(data)
+        return (yield client.closed)
+
+    @defer.inlineCallbacks
+    def exchange(self, requests: bytes):
+        return split_responses((yield self.send(requests)))
 
     @defer.inlineCallbacks
     def test_pipelined_small_and_large_in_order(self):
@@ -825,24 +829,14 @@ class RealSocketTests(SiteTestMixin, TestCase):
                 return NOT_DONE_YET
 
         self.site.resource = CutOff()
-        client = Collector()
-        yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
-            client)
-        client.transport.write(head())
-        data = yield client.closed
+        data = yield self.send(head())
         self.assertNotIn(b"second", data)
 
     @defer.inlineCallbacks
     def test_head_requests(self):
         """HEAD answers carry no body, and the next answer follows them intact."""
         requests = head(b"HEAD", b"/100") + head(path=b"/3", headers=[b"Connection: close"])
-        client = Collector()
-        yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
-            client)
-        client.transport.write(requests)
-        data = yield client.closed
+        data = yield self.send(requests)
         first, second = data.split(b"\r\n\r\n", 1)
         self.assertIn(b"Content-Length: 100", first)
         self.assertTrue(second.startswith(b"HTTP/1.1 200 OK"))
