@@ -156,20 +156,26 @@ class StoreTests(SynchronousTestCase):
         reader.close()
 
     def test_uploads_and_expiry(self):
-        """Uploads are listed per bucket by key; old ones expire, also when a new one is created."""
+        """Uploads are listed per bucket by key; a sweep removes the old ones."""
         later = self.store.create("files", "a", "WRITER", None, {}, 2000.0)
         self.store.create("other", "a", "WRITER", None, {}, 2000.0)
         self.assertEqual([u.upload_id for u in self.store.uploads("files")],
                          [later.upload_id, self.upload.upload_id])
         self.assertEqual(self.store.expire(1500.0), 1)
         self.assertEqual([u.key for u in self.store.uploads("files")], ["a"])
-        self.store.create("files", "b", "WRITER", None, {}, 2000.0 + UPLOAD_EXPIRY + 1)
+        now = 2000.0 + UPLOAD_EXPIRY + 1
+        self.store.create("files", "b", "WRITER", None, {}, now)
+        self.assertEqual([u.key for u in self.store.uploads("files")], ["a", "b"])
+        self.assertEqual(self.store.expire(now - UPLOAD_EXPIRY), 2)
         self.assertEqual([u.key for u in self.store.uploads("files")], ["b"])
+        self.assertEqual(self.store.uploads("other"), [])
 
     def test_configured_expiry(self):
         """A store made with a shorter s3UploadExpiry removes uploads after that long."""
         store = MultipartStore(self.store.root, expiry=100.0)
-        store.create("files", "fresh", "WRITER", None, {}, 1000.0 + SWEEP_INTERVAL + 50)
+        now = 1000.0 + SWEEP_INTERVAL + 50
+        store.create("files", "fresh", "WRITER", None, {}, now)
+        self.assertEqual(store.expire(now - store.expiry), 1)
         self.assertEqual([u.key for u in store.uploads("files")], ["fresh"])
 
     def test_expiry_service(self):

@@ -38,8 +38,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 # Uploads neither completed nor aborted are removed after this long, as
 # an S3 lifecycle rule "AbortIncompleteMultipartUpload" would.
 UPLOAD_EXPIRY = 7 * 24 * 3600.0
-# How often expired uploads are swept out (web.s3multipart.UploadExpiry),
-# and creating an upload also does it when the last sweep is this old.
+# How often expired uploads are swept out (web.s3multipart.UploadExpiry,
+# a timer service: the one place expiry happens).
 SWEEP_INTERVAL = 3600.0
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _PART_FILE = re.compile(r"([0-9]{5})\.([0-9a-f]{32})")
@@ -92,7 +92,6 @@ class MultipartStore:
         # of the part it replaces, so two uploads of one part number
         # cannot remove each other.
         self._install = threading.Lock()
-        self._last_sweep = 0.0
 
     def _folder(self, upload_id: str) -> Path:
         if not _UPLOAD_ID.fullmatch(upload_id):
@@ -102,11 +101,9 @@ class MultipartStore:
     def create(self, bucket: str, key: str, initiator: str, content_type: str | None,
                metadata: dict, now: float) -> Upload:
         """
-        Start an upload; also remove expired ones now and then.
+        Start an upload.  (Expired ones are removed by the expiry
+        service's sweeps, not here.)
         """
-        if now - self._last_sweep >= SWEEP_INTERVAL:
-            self._last_sweep = now
-            self.expire(now - self.expiry)
         upload = Upload(secrets.token_hex(16), bucket, key, now, initiator, content_type,
                         dict(metadata))
         folder = self._folder(upload.upload_id)
