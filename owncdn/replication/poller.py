@@ -38,10 +38,11 @@ log = Logger()
 BATCH = 1000
 WAIT = 30
 # Downloads at once, and changes between the start of their download
-# and their commit: the writer commits up to WINDOW changes together,
-# and at most WINDOW downloaded bodies wait in memory.
-CONCURRENCY = 8
-WINDOW = 64
+# and their commit.  The window spans a few of the storage service's
+# batches (64 writes), so that the next batch downloads while one
+# commits; at most WINDOW bodies of up to MEMORY_BODY wait in memory.
+CONCURRENCY = 16
+WINDOW = 256
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 

@@ -23,12 +23,16 @@ from urllib.parse import quote, urlencode
 
 from hyperlink import EncodedURL
 from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool,
+                                ResponseDone, URI)
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from zope.interface import implementer
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
@@ -117,6 +121,33 @@ class _Body(Protocol):
         self.transport.stopProducing()
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    Twisted's standard endpoints (TCP, and TLS for https), each made
+    once per host: the agent asks for one with every request, even when
+    its pool has a connection, and twisted's own factory builds it
+    anew, IDNA-encoding the host name, each time.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple, object] = {}
+
+    def endpointForURI(self, uri: URI):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
 class SourceClient:
     """
     Talks to one replication source for one of its storage services.
@@ -137,7 +168,7 @@ class SourceClient:
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = connections
-            agent = Agent(reactor, pool=self._pool)
+            agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=self._pool)
         self.agent = agent
         self.source = source
 
@@ -151,10 +182,18 @@ class SourceClient:
         Use C{source} (a reloaded URL or key) from the next request on.
         """
         self._source = source
-        base = EncodedURL.from_text(source.url.rstrip("/")).to_uri().to_text()
-        self._base = base.encode("ascii") + b"/"
+        url = EncodedURL.from_text(source.url.rstrip("/"))
+        if ":" not in url.host:  # IDNA would refuse an IPv6 address
+            url = url.to_uri()  # IDNA host, percent-encoded path
+        self._base = url.to_text().encode("ascii") + b"/"
         self._getfile = self._base + b"getfile?sid=" + _quoted(self.remote_sid) + b"&path="
-        self._headers = Headers({b"x-owncdn-key": [source.key.encode("utf-8")]})
+        # With its Host header, the agent uses these headers as they are
+        # instead of copying them for each request.
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        if url.port != {"http": 80, "https": 443}.get(url.scheme):
+            host += f":{url.port}"
+        self._headers = Headers({b"host": [host.encode("ascii")],
+                                 b"x-owncdn-key": [source.key.encode("utf-8")]})
 
     def close(self) -> defer.Deferred:
         """
