@@ -204,6 +204,15 @@ class PollerTests(SynchronousTestCase):
         self.assertEqual(self.poller.status.state, "ok")
         self.assertEqual(self.poller.status.last_applied, 3)
 
+    def test_paths_and_versions_reach_the_primary_intact(self):
+        """Paths with spaces, reserved URL characters and non-ASCII letters download their own bytes."""
+        paths = ["dir/a b+c&d=e?f#g%.txt", "d\u00e9j\u00e0/\u4e2d.txt", "x;y,z@'~.txt"]
+        for n, path in enumerate(paths):
+            self.primary.put(path, b"body %d" % n)
+        self.start()
+        self.assertEqual([(c.path, data) for c, data in self.target.applied],
+                         [(path, b"body %d" % n) for n, path in enumerate(paths)])
+
     def test_long_poll_wakes_on_new_change(self):
         """A change made while the replica waits is applied when it arrives."""
         self.start()

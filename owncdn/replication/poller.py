@@ -6,8 +6,8 @@ Downloads of several puts run at once, and each change is handed to the
 storage service as soon as it and every change before it are there,
 without waiting for the ones before to commit: the service commits the
 changes waiting together (group commit), which is what makes catch-up
-fast.  Changes are still applied strictly in ID order, each in one
-transaction with the replica's last applied ID, so a crash at any point
+fast.  Changes are still applied strictly in ID order, each committed
+together with the replica's last applied ID, so a crash at any point
 resumes exactly where it stopped, and a change that fails stops the ones
 queued behind it (each names the change it must follow).  Every failure
 is retried with capped exponential backoff and recorded in
