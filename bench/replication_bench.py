@@ -17,8 +17,8 @@ the primary's.  Target: at least 1,000 changes/s.  It first waits for
 the rest of the machine to be quiet, and reports the CPU the rest of the
 machine used during catch-up ("other load").  The CPU time of both
 daemons during catch-up is reported, the replica's split into its
-reactor thread and the rest (the storage threads); --profile adds a
-py-spy profile of the replica (bench/results/).
+reactor thread and the rest (the storage threads); --profile adds
+py-spy profiles of the replica and the primary (bench/results/).
 
 waiters: 100 clients each hold a syncnext long poll (wait=60) on the
 primary; the primary's CPU time is read over an idle period, then one
@@ -75,8 +75,11 @@ class Client:
             raise RuntimeError(f"upload of {path} answered {status}: {answer[:200]!r}")
         return json.loads(answer)
 
-    def last(self) -> int:
-        return self.json("/syncnext?sid=files&after=0&limit=1")["last"]
+    def last(self, after: int = 0) -> int:
+        # Asked with the change ID it waits for, syncnext answers from
+        # memory (no changes after it yet): polling costs the replica
+        # under catch-up little.
+        return self.json(f"/syncnext?sid=files&after={after}&limit=1")["last"]
 
     def close(self) -> None:
         self.conn.close()
@@ -101,7 +104,7 @@ def replica_config(data_dir: Path, primary_url: str) -> None:
 def wait_caught_up(replica: Client, last: int, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if replica.last() >= last:
+        if replica.last(after=last) >= last:
             return time.monotonic()
         time.sleep(0.02)
     raise RuntimeError(f"the replica did not reach change {last} in {timeout} s")
@@ -203,10 +206,11 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool)
     replica = Daemon(replica_dir)
     started = time.monotonic()
     load = OtherLoad([primary.pid, replica.pid]).start()
-    spy = None
+    spies = []
     if profile:
-        spy = Profile(replica.pid, ROOT / "bench" / "results" / "profile-catchup-replica.txt",
-                      count / CATCHUP_RATE)
+        spies = [Profile(daemon.pid, ROOT / "bench" / "results" / f"profile-catchup-{name}.txt",
+                         count / CATCHUP_RATE)
+                 for name, daemon in (("replica", replica), ("primary", primary))]
     try:
         reader = Client(replica.port)
         try:
@@ -228,8 +232,8 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool)
           f"{sum(threads.values()):.1f} s), primary {primary_cpu:.1f} s; "
           f"{cpu / applied * 1000:.2f} ms of replica CPU per change; other load {other:.2f} "
           f"cores (before: {quiet:.2f})")
-    if spy is not None:
-        print(spy.wait())
+    for name, spy in zip(("replica", "primary"), spies):
+        print(f"{name}:\n{spy.wait()}")
     return {"changes": applied, "seconds": done - started, "rate": rate,
             "upload_seconds": seconds, "replica_cpu": cpu, "replica_reactor_cpu": reactor,
             "replica_other_cpu": sum(threads.values()), "primary_cpu": primary_cpu,

@@ -5,16 +5,19 @@ treq's StubTreq): ordering, verification, backoff and the dbid guard.
 
 import hashlib
 import json
+import os
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 
 from owncdn.config import ReplicationSource
 from owncdn.errors import BadDigest
 from owncdn.replication.poller import FIRST_BACKOFF, MAX_BACKOFF, ReplicaPoller
+from owncdn.replication.source import CONNECT_SLACK
 
 KEY = "primary-secret-0123456789"
 
@@ -36,6 +39,9 @@ class FakePrimary(Resource):
         self.parked: list = []
         self.requests: list[str] = []
         self.failing_paths: set[str] = set()
+        # path -> the bytes sent before the answer stalls (None: not even its head)
+        self.stalled: dict[str, bytes | None] = {}
+        self.dropped: list[str] = []
 
     def put(self, path: str, data: bytes):
         cid = len(self.changes) + 1
@@ -88,6 +94,14 @@ class FakePrimary(Resource):
             request.setResponseCode(500)
             return b"{}"
         data = self.files.get((args["path"], args["version"]))
+        if args["path"] in self.stalled:
+            sent = self.stalled[args["path"]]
+            self.stalled_request = request
+            request.notifyFinish().addErrback(lambda _: self.dropped.append(args["path"]))
+            if sent is not None:
+                request.setHeader(b"content-length", b"%d" % len(data))
+                request.write(sent)
+            return NOT_DONE_YET
         if data is None:
             request.setResponseCode(404)
             return b'{"error": {"code": "NoSuchVersion", "message": "pruned"}}'
@@ -153,11 +167,11 @@ class PollerTests(SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.primary = FakePrimary()
-        self.stub = StubTreq(self.primary)
+        self.agent = RequestTraversalAgent(self.primary)
         self.target = ListTarget()
         source = ReplicationSource("hq", "HQ", "http://primary.example/", KEY)
         self.poller = ReplicaPoller(self.target, source, "media", self.clock, self.mktemp_dir(),
-                                    http=self.stub, wait=30)
+                                    agent=self.agent, wait=30)
 
     def mktemp_dir(self):
         import os
@@ -168,12 +182,12 @@ class PollerTests(SynchronousTestCase):
     def start(self):
         self.poller.startService()
         self.addCleanup(self.stop)
-        self.stub.flush()
+        self.agent.flush()
 
     def stop(self):
         if self.poller.running:
             self.poller.stopService()
-        self.stub.flush()
+        self.agent.flush()
 
     def test_applies_changes_in_order_with_exact_bytes(self):
         """Puts and deletes arrive in ID order, with the primary's bytes and versions."""
@@ -190,12 +204,21 @@ class PollerTests(SynchronousTestCase):
         self.assertEqual(self.poller.status.state, "ok")
         self.assertEqual(self.poller.status.last_applied, 3)
 
+    def test_paths_and_versions_reach_the_primary_intact(self):
+        """Paths with spaces, reserved URL characters and non-ASCII letters download their own bytes."""
+        paths = ["dir/a b+c&d=e?f#g%.txt", "d\u00e9j\u00e0/\u4e2d.txt", "x;y,z@'~.txt"]
+        for n, path in enumerate(paths):
+            self.primary.put(path, b"body %d" % n)
+        self.start()
+        self.assertEqual([(c.path, data) for c, data in self.target.applied],
+                         [(path, b"body %d" % n) for n, path in enumerate(paths)])
+
     def test_long_poll_wakes_on_new_change(self):
         """A change made while the replica waits is applied when it arrives."""
         self.start()
         self.assertEqual(self.target.applied, [])
         self.primary.put("late.txt", b"late")
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual([c.path for c, _ in self.target.applied], ["late.txt"])
 
     def test_corrupted_bytes_are_refused_and_recorded(self):
@@ -208,7 +231,7 @@ class PollerTests(SynchronousTestCase):
         self.assertIn("SHA-256", self.poller.status.last_result)
         self.primary.corrupt = False
         self.clock.advance(FIRST_BACKOFF)
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual([data for _, data in self.target.applied], [b"alpha"])
         self.assertEqual(self.poller.status.state, "ok")
 
@@ -222,7 +245,7 @@ class PollerTests(SynchronousTestCase):
             delay = call.getTime() - self.clock.seconds()
             delays.append(delay)
             self.clock.advance(delay)
-            self.stub.flush()
+            self.agent.flush()
         self.assertEqual(delays[:4], [FIRST_BACKOFF, FIRST_BACKOFF * 2, FIRST_BACKOFF * 4,
                                       FIRST_BACKOFF * 8])
         self.assertEqual(max(delays), MAX_BACKOFF)
@@ -237,10 +260,10 @@ class PollerTests(SynchronousTestCase):
         for _ in range(6):
             (call,) = self.clock.getDelayedCalls()
             self.clock.advance(call.getTime() - self.clock.seconds())
-            self.stub.flush()
+            self.agent.flush()
         self.assertEqual(self.target.applied, [])
         self.poller.update_source(ReplicationSource("hq", "HQ", "http://primary.example/", KEY))
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual([c.path for c, _ in self.target.applied], ["a.txt"])
 
     def test_changed_dbid_stops_the_replica(self):
@@ -249,7 +272,7 @@ class PollerTests(SynchronousTestCase):
         self.start()
         self.primary.dbid = "db-2"
         self.primary.put("b.txt", b"beta")
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual([c.path for c, _ in self.target.applied], ["a.txt"])
         self.assertEqual(self.poller.status.state, "stopped")
         self.assertIn("resync", self.poller.status.last_result)
@@ -269,7 +292,7 @@ class PollerTests(SynchronousTestCase):
         """Stopping the poller while it long-polls leaves no timer behind."""
         self.start()
         self.poller.stopService()
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def applied_ids(self) -> list[int]:
@@ -285,7 +308,7 @@ class PollerTests(SynchronousTestCase):
                          [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)])
         self.assertEqual(self.target.applied, [])
         self.target.commit()
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual(self.applied_ids(), [1, 2, 3, 4, 5])
         self.assertEqual([data for _, data in self.target.applied],
                          [b"x" * n for n in range(5)])
@@ -300,11 +323,11 @@ class PollerTests(SynchronousTestCase):
         self.start()
         self.assertEqual(len(self.target.held), 2)
         self.target.commit(1)
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual([c.id for c, *_ in self.target.held], [2, 3])
         while self.target.held:
             self.target.commit()
-            self.stub.flush()
+            self.agent.flush()
         self.assertEqual(self.applied_ids(), [1, 2, 3, 4, 5])
 
     def test_failed_download_stops_at_its_change(self):
@@ -319,7 +342,7 @@ class PollerTests(SynchronousTestCase):
         self.assertEqual(self.poller.status.last_applied, 2)
         self.primary.failing_paths.clear()
         self.clock.advance(FIRST_BACKOFF)
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual(self.applied_ids(), [1, 2, 3, 4])
         self.assertEqual(self.poller.status.state, "ok")
 
@@ -332,12 +355,82 @@ class PollerTests(SynchronousTestCase):
         self.start()
         self.assertEqual(len(self.target.held), 4)
         self.target.commit()
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual(self.applied_ids(), [1])
         self.assertEqual(self.poller.status.state, "retrying")
         self.assertIn("BadDigest", self.poller.status.last_result)
         self.target.held = None
         self.clock.advance(FIRST_BACKOFF)
-        self.stub.flush()
+        self.agent.flush()
         self.assertEqual(self.applied_ids(), [1, 2, 3, 4])
         self.assertEqual(self.poller.status.state, "ok")
+
+    def test_download_without_an_answer_times_out(self):
+        """A getfile whose answer never comes fails after the timeout, dropping the connection; the retry gets it."""
+        self.primary.put("1.txt", b"one")
+        self.primary.put("2.txt", b"two")
+        self.primary.stalled["2.txt"] = None
+        self.start()
+        self.clock.advance(CONNECT_SLACK - 0.1)
+        self.agent.flush()
+        self.assertEqual((self.applied_ids(), self.poller.status.failures), ([1], 0))
+        self.clock.advance(0.1)
+        self.agent.flush()
+        self.assertEqual(self.poller.status.state, "retrying")
+        self.assertIn(f"did not answer in {CONNECT_SLACK} s", self.poller.status.last_result)
+        self.assertEqual(self.primary.dropped, ["2.txt"])
+        del self.primary.stalled["2.txt"]
+        self.clock.advance(FIRST_BACKOFF)
+        self.agent.flush()
+        self.assertEqual(self.applied_ids(), [1, 2])
+        self.assertEqual(self.poller.status.state, "ok")
+
+    def test_download_that_stops_arriving_times_out(self):
+        """A body that keeps arriving is waited for; one that stops for a timeout's length fails and is dropped."""
+        data = b"0123456789" * 1000
+        self.primary.put("big.txt", data)
+        self.primary.stalled["big.txt"] = data[:1000]
+        self.start()
+        for piece in (data[1000:2000], data[2000:3000]):
+            self.clock.advance(CONNECT_SLACK - 1)
+            self.primary.stalled_request.write(piece)
+            self.agent.flush()
+        self.assertEqual(self.poller.status.failures, 0)
+        for _ in range(2):
+            self.clock.advance(CONNECT_SLACK)
+            self.agent.flush()
+        self.assertEqual(self.poller.status.state, "retrying")
+        self.assertIn(f"sent nothing for {CONNECT_SLACK} s", self.poller.status.last_result)
+        self.assertEqual(self.primary.dropped, ["big.txt"])
+        self.assertEqual(self.target.applied, [])
+        del self.primary.stalled["big.txt"]
+        self.clock.advance(FIRST_BACKOFF)
+        self.agent.flush()
+        self.assertEqual([data for _, data in self.target.applied], [data])
+
+
+class RefusedConnectionTests(TestCase):
+    """
+    The poller's own HTTP client against a real 127.0.0.1 port that
+    nothing listens on.
+    """
+
+    async def test_refused_connection_is_recorded_and_retried(self):
+        """A source that refuses connections is recorded as retrying, with the reason, and tried again."""
+        from twisted.internet import reactor
+
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        number = port.getHost().port
+        await port.stopListening()
+        source = ReplicationSource("hq", "HQ", f"http://127.0.0.1:{number}/", KEY)
+        spool = self.mktemp()
+        os.makedirs(spool)
+        poller = ReplicaPoller(ListTarget(), source, "media", reactor, spool, wait=1)
+        poller.startService()
+        self.addCleanup(poller.stopService)
+        status = await poller.synced
+        self.assertEqual((status.state, status.failures), ("retrying", 1))
+        self.assertIn("ConnectionRefused", status.last_result)
+        poller.update_source(source)  # cuts the backoff short
+        status = await poller.synced
+        self.assertEqual((status.state, status.failures), ("retrying", 2))

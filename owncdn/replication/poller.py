@@ -6,31 +6,29 @@ Downloads of several puts run at once, and each change is handed to the
 storage service as soon as it and every change before it are there,
 without waiting for the ones before to commit: the service commits the
 changes waiting together (group commit), which is what makes catch-up
-fast.  Changes are still applied strictly in ID order, each in one
-savepoint with the replica's last applied ID, so a crash at any point
+fast.  Changes are still applied strictly in ID order, each committed
+together with the replica's last applied ID, so a crash at any point
 resumes exactly where it stopped, and a change that fails stops the ones
-queued behind it (each names the change it must follow).  Every failure is retried with capped exponential backoff and
-recorded in L{ReplicaStatus}, except a changed source database (C{dbid}),
-which stops the poller until an operator resyncs.
+queued behind it (each names the change it must follow).  Every failure
+is retried with capped exponential backoff and recorded in
+L{ReplicaStatus}, except a changed source database (C{dbid}), which
+stops the poller until an operator resyncs.
 """
 
-import hashlib
-import io
 import json
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-import treq
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.python.failure import Failure
+from twisted.web.iweb import IAgent
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
+from owncdn.replication.source import SourceClient, SyncError
 from owncdn.replication.status import ReplicaStatus, write_status
 
 log = Logger()
@@ -40,22 +38,15 @@ log = Logger()
 BATCH = 1000
 WAIT = 30
 # Downloads at once, and changes between the start of their download
-# and their commit: the writer commits up to WINDOW changes together.
-CONCURRENCY = 8
-WINDOW = 64
+# and their commit.  The window spans a few of the storage service's
+# batches (64 writes), so that the next batch downloads while one
+# commits; at most WINDOW bodies of up to MEMORY_BODY wait in memory.
+CONCURRENCY = 16
+WINDOW = 256
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
-CONNECT_SLACK = 15
-# Bodies up to this size are downloaded into memory: creating a spool
-# file costs more than the rest of a small change.  At most WINDOW of
-# them wait to be applied at a time.
-MEMORY_BODY = 64 * 1024
 
-
-class SyncError(Exception):
-    """
-    One sync attempt failed; it will be retried.
-    """
+__all__ = ["ReplicaPoller", "SourceReplaced", "SyncError"]
 
 
 class SourceReplaced(Exception):
@@ -92,28 +83,20 @@ class ReplicaPoller(Service):
     @param target: the replica storage service; it offers
         C{last_applied_id()}, C{source_dbid()} and
         C{apply_change(change, body, source_dbid, after=...)}.
-    @param http: the treq-like client to talk to the source with; by
-        default one of its own, whose connection pool keeps a connection
-        for the long poll and for each concurrent download (treq's
-        shared pool keeps two per host, so most downloads would each
-        open, and the source accept, a new TCP connection).
+    @param agent: the L{IAgent} to talk to the source with; by default
+        one of its own with a connection for the long poll and for each
+        concurrent download (L{SourceClient}).
     """
 
     def __init__(self, target, source: ReplicationSource, remote_sid: str, reactor,
-                 spool_dir: Path, http=None, wait: int = WAIT, batch: int = BATCH,
-                 concurrency: int = CONCURRENCY, window: int = WINDOW,
+                 spool_dir: Path, agent: IAgent | None = None, wait: int = WAIT,
+                 batch: int = BATCH, concurrency: int = CONCURRENCY, window: int = WINDOW,
                  status_path: Path | None = None):
         self.target = target
-        self.source = source
         self.remote_sid = remote_sid
         self.reactor = reactor
-        self.spool_dir = Path(spool_dir)
-        self._pool: HTTPConnectionPool | None = None
-        if http is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            self._pool.maxPersistentPerHost = concurrency + 1
-            http = HTTPClient(Agent(reactor, pool=self._pool))
-        self.http = http
+        self.client = SourceClient(source, remote_sid, reactor, spool_dir, agent,
+                                   connections=concurrency + 1)
         self.wait = wait
         self.batch = batch
         self.concurrency = concurrency
@@ -125,6 +108,14 @@ class ReplicaPoller(Service):
         self.synced = defer.Deferred()  # replaced after each successful attempt
         self._loop: defer.Deferred | None = None
         self._backoff: defer.Deferred | None = None
+
+    @property
+    def source(self) -> ReplicationSource:
+        return self.client.source
+
+    @source.setter
+    def source(self, source: ReplicationSource) -> None:
+        self.client.source = source
 
     def update_source(self, source: ReplicationSource) -> None:
         """
@@ -146,16 +137,8 @@ class ReplicaPoller(Service):
         if self._loop is not None:
             self._loop.cancel()
             stopped = self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
-        if self._pool is not None:
-            stopped.addCallback(lambda _: self._pool.closeCachedConnections())
+        stopped.addCallback(lambda _: self.client.close())
         return stopped
-
-    def _url(self, function: str) -> str:
-        return self.source.url.rstrip("/") + "/" + function
-
-    @property
-    def _headers(self) -> dict:
-        return {"x-owncdn-key": self.source.key}
 
     async def _run(self) -> None:
         backoff = FIRST_BACKOFF
@@ -230,13 +213,7 @@ class ReplicaPoller(Service):
         @return: how many changes were applied.
         """
         after = self.target.last_applied_id()
-        params = {"sid": self.remote_sid, "after": str(after), "limit": str(self.batch),
-                  "wait": str(self.wait)}
-        response = await self.http.get(self._url("syncnext"), params=params,
-                                       headers=self._headers, timeout=self.wait + CONNECT_SLACK)
-        body = await response.content()
-        if response.code != 200:
-            raise SyncError(f"syncnext answered {response.code}: {body[:200]!r}")
+        body = await self.client.syncnext(after, self.batch, self.wait)
         try:
             answer = json.loads(body)
             dbid, last, items = answer["dbid"], int(answer["last"]), answer["changes"]
@@ -251,132 +228,133 @@ class ReplicaPoller(Service):
         changes = [change_from_json(item) for item in items]
         if any(c.id <= after for c in changes):
             raise SyncError("syncnext answered changes the replica already has")
-        await self._apply(changes, dbid, after)
+        await _Batch(self, changes, dbid, after).run()
         return len(changes)
 
-    async def _apply(self, changes: list[Change], dbid: str, after: int) -> None:
-        """
-        Download the puts' bodies and queue each change, in order, with
-        the target as soon as its body is there.  A failed download
-        stops the queueing at its change; what was queued before it
-        still commits.  Returns (or raises the first failure) once every
-        queued change is answered.
-        """
-        limiter = defer.DeferredSemaphore(self.concurrency)
-        window = defer.DeferredSemaphore(self.window)
-        fetches = [defer.Deferred.fromCoroutine(self._fetch(c, window, limiter))
-                   for c in changes]
-        applying: list[defer.Deferred] = []
-        stopped_by = None
-        try:
-            for change, fetch in zip(changes, fetches):
-                body = await fetch
-                d = self.target.apply_change(change, body, dbid, after=after)
-                d.addBoth(self._applied, body, window)
-                applying.append(d)
-                after = change.id
-        except Exception as e:
-            stopped_by = e
-        finally:
-            for fetch in fetches[len(applying):]:
-                fetch.cancel()
-                fetch.addBoth(_close)
-        outcomes = await defer.DeferredList(applying, consumeErrors=True)
-        for success, result in outcomes:
-            if not success:
-                result.raiseException()
-        if stopped_by is not None:
-            raise stopped_by
 
-    async def _fetch(self, change: Change, window: defer.DeferredSemaphore,
-                     limiter: defer.DeferredSemaphore):
-        """
-        Take a place in the window (released once the change is
-        applied), then download the body of a put.
-        """
-        await window.acquire()
-        try:
-            if change.op != "put":
-                return None
-            return await limiter.run(self._download_guarded, change)
-        except BaseException:
-            window.release()
-            raise
+class _Batch:
+    """
+    The changes of one syncnext answer on their way to the target: up to
+    C{concurrency} downloads at once, at most C{window} changes between
+    the start of their download and the target's answer, and each change
+    handed to the target, naming the change it follows, as soon as it
+    and every change before it are there.
 
-    @staticmethod
-    def _applied(result, body, window: defer.DeferredSemaphore):
+    A failed download stops the batch at its change: the changes before
+    it are still handed over, the downloads after it are dropped.  A
+    change the target refuses stops the handing over (the ones already
+    handed behind it fail too, since they no longer follow the last
+    applied change).  L{run}'s Deferred fires once every change handed
+    over is answered: with the target's first refusal, else the failed
+    download, if any.
+    """
+
+    def __init__(self, poller: ReplicaPoller, changes: list[Change], dbid: str, after: int):
+        self.poller = poller
+        self.changes = changes
+        self.dbid = dbid
+        self.after = after
+        self.bodies: list = [None] * len(changes)
+        self.ready = [False] * len(changes)
+        self.downloads: dict[int, defer.Deferred] = {}
+        self.started = 0  # changes whose download has started (or that have none)
+        self.handed = 0
+        self.answered = 0
+        self.end = len(changes)  # the first change not to hand over
+        self.failed_download: Failure | None = None
+        self.refused: Failure | None = None
+        self.done = defer.Deferred(self._cancel)
+        self._pumping = False
+        self._again = False
+
+    def run(self) -> defer.Deferred:
+        self._pump()
+        return self.done
+
+    def _pump(self) -> None:
+        # Re-entered from the callbacks of what it starts (a download or
+        # an apply may answer at once): the outer call loops instead.
+        self._again = True
+        if self._pumping:
+            return
+        self._pumping = True
+        poller = self.poller
+        while self._again:
+            self._again = False
+            while self.handed < self.end and self.ready[self.handed]:
+                self._hand()
+            while (self.started < self.end and len(self.downloads) < poller.concurrency
+                   and self.started - self.answered < poller.window):
+                self._start()
+        self._pumping = False
+        if self.answered == self.handed == self.end and not self.done.called:
+            if self.refused is not None or self.failed_download is not None:
+                self.done.errback(self.refused or self.failed_download)
+            else:
+                self.done.callback(None)
+
+    def _start(self) -> None:
+        index = self.started
+        self.started += 1
+        change = self.changes[index]
+        if change.op != "put":
+            self.ready[index] = True
+            self._again = True
+            return
+        d = self.poller.client.getfile(change)
+        self.downloads[index] = d
+        d.addCallbacks(self._downloaded, self._not_downloaded,
+                       callbackArgs=(index,), errbackArgs=(index,))
+
+    def _downloaded(self, body, index: int) -> None:
+        del self.downloads[index]
+        if index >= self.end:
+            if body is not None:
+                body.close()
+            return
+        self.bodies[index] = body
+        self.ready[index] = True
+        self._pump()
+
+    def _not_downloaded(self, failure: Failure, index: int) -> None:
+        del self.downloads[index]
+        if index < self.end:
+            self.failed_download = failure
+            self._stop_at(index)
+            self._pump()
+
+    def _hand(self) -> None:
+        index = self.handed
+        self.handed += 1
+        change = self.changes[index]
+        d = self.poller.target.apply_change(change, self.bodies[index], self.dbid,
+                                            after=self.after)
+        self.after = change.id
+        d.addBoth(self._answered, index)
+
+    def _answered(self, result, index: int) -> None:
+        self.answered += 1
+        body, self.bodies[index] = self.bodies[index], None
         if body is not None:
             body.close()
-        window.release()
-        return result
+        if isinstance(result, Failure) and self.refused is None:
+            self.refused = result
+            self._stop_at(self.handed)
+        self._pump()
 
-    def _download_guarded(self, change: Change) -> defer.Deferred:
-        return defer.Deferred.fromCoroutine(self._download(change))
-
-    async def _pruned_on_source(self, response) -> bool:
+    def _stop_at(self, index: int) -> None:
         """
-        Whether a 404 says the source no longer keeps this version
-        (C{keepVersions} pruned it): the change is then applied without
-        content, as the source itself records it.
+        Hand over nothing from C{index} on: drop its downloads and the
+        bodies downloaded for it.
         """
-        try:
-            answer = json.loads(await response.content())
-            return answer["error"]["code"] == "NoSuchVersion"
-        except (ValueError, KeyError, TypeError):
-            return False
+        self.end = index
+        for later in [i for i in self.downloads if i >= index]:
+            self.downloads[later].cancel()
+        for later in range(index, self.started):
+            body, self.bodies[later] = self.bodies[later], None
+            if body is not None:
+                body.close()
 
-    async def _download(self, change: Change):
-        """
-        Fetch the bytes of one put into a spool file (small ones into
-        memory), checking SHA-256.
-
-        @return: the open spool file, positioned at 0, or C{None} when
-            the source has pruned the version.
-        """
-        params = {"sid": self.remote_sid, "path": change.path, "version": change.version}
-        response = await self.http.get(self._url("getfile"), params=params,
-                                       headers=self._headers, unbuffered=True,
-                                       timeout=CONNECT_SLACK)
-        if response.code == 404 and await self._pruned_on_source(response):
-            return None
-        if response.code != 200:
-            await response.content()
-            raise SyncError(f"getfile of {change.path} version {change.version} "
-                            f"answered {response.code}")
-        if change.size <= MEMORY_BODY:
-            spool = io.BytesIO()
-        else:
-            spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="replica-")
-        digest = hashlib.sha256()
-        size = 0
-
-        def write(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > change.size:
-                # Stop reading now: a body in memory must not grow past
-                # what the change announced.
-                raise SyncError(f"{change.path} version {change.version} has more than "
-                                f"{change.size} bytes")
-            digest.update(data)
-            spool.write(data)
-
-        try:
-            await treq.collect(response, write)
-            if change.sha256 is not None and digest.hexdigest() != change.sha256:
-                raise SyncError(f"the bytes of {change.path} version {change.version} "
-                                f"do not match their SHA-256")
-            if size != change.size:
-                raise SyncError(f"{change.path} version {change.version} has {size} bytes, "
-                                f"not {change.size}")
-        except BaseException:
-            spool.close()
-            raise
-        spool.seek(0)
-        return spool
-
-
-def _close(result) -> None:
-    # A body downloaded for a change that was never applied.
-    if hasattr(result, "close"):
-        result.close()
+    def _cancel(self, _) -> None:
+        # The poller stops: what was handed over still commits.
+        self._stop_at(self.handed)
