@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from owncdn.storage.chunks import first_chunk
+from owncdn.storage.staging import staged_of
 
 # Content one shared transaction holds at most: enough for a few hundred
 # small files, little enough that the first of them is not acknowledged
@@ -84,7 +85,13 @@ def groups(writes: Sequence[Write], chunk_size: int,
     size = 0
     for write in writes:
         try:
-            body, length = (None, 0) if write.body is None else first_chunk(write.body, chunk_size)
+            if write.body is None:
+                body, length = None, 0
+            elif staged_of(write.body) is not None:
+                # Stored while it arrived: nothing to read, and big.
+                body, length = write.body, None
+            else:
+                body, length = first_chunk(write.body, chunk_size)
         except Exception as error:
             group.append(_Ready(write, None, error))
             continue

@@ -29,10 +29,12 @@ from owncdn.storage import (
     purge_change,
     version_id,
 )
+from owncdn.storage import staging
 from owncdn.storage.batch import Outcome, Write, WriteFailed, groups, make_group, rewind
 from owncdn.storage.changelog import (
     CHANGE_COLUMNS,
     change_from_row,
+    delete_content,
     info_from_change,
     info_from_row,
     last_change_id,
@@ -53,9 +55,10 @@ from owncdn.storage.schema import connect_writer
 _OPEN_VERSION = f"""
     SELECT {CHANGE_COLUMNS}, c.chunk_size, c.pruned, c.superseded IS NULL,
            k.compressed, length(k.data),
-           CASE WHEN c.size <= :small THEN k.data END
+           CASE WHEN c.size <= :small THEN k.data END, coalesce(c.content_id, c.id)
     FROM changes c
-    LEFT JOIN chunks k ON k.change_id = c.id AND k.idx = 0 AND c.size <= c.chunk_size
+    LEFT JOIN chunks k ON k.change_id = coalesce(c.content_id, c.id) AND k.idx = 0
+        AND c.size <= c.chunk_size
 """
 
 
@@ -82,6 +85,9 @@ class StoredVersion:
     """
     Where one version's content lives.
 
+    @ivar change_id: the key its chunks are stored under: the ID of the
+        change that made it, or of the staged content it was stored as
+        (L{owncdn.storage.staging}).
     @ivar br_size: the stored size of the content when it is one chunk
         kept Brotli-compressed (a complete C{br} stream), else C{None}.
     """
@@ -136,6 +142,8 @@ class DatabaseState:
     last_change_id: int
     last_applied: int
     source_dbid: str | None
+    next_staged_id: int = 1
+    staged_discarded: int = 0
 
 
 @dataclass
@@ -176,6 +184,13 @@ class StorageEngine:
         Create or upgrade the database and open the writer connection.
         """
         conn = connect_writer(self.db_path)
+        try:
+            # No upload is in progress yet: staged content is a crash's.
+            with write_transaction(conn):
+                discarded = staging.discard_all(conn)
+        except BaseException:
+            conn.close()
+            raise
         self.dbid = read_meta(conn, "dbid")
         self._writer = conn
         return DatabaseState(
@@ -183,6 +198,8 @@ class StorageEngine:
             last_change_id=last_change_id(conn),
             last_applied=int(read_meta(conn, "last_applied") or 0),
             source_dbid=read_meta(conn, "source_dbid"),
+            next_staged_id=staging.next_staged_id(conn),
+            staged_discarded=discarded,
         )
 
     def close(self) -> None:
@@ -279,7 +296,13 @@ class StorageEngine:
         """
         def make(conn: sqlite3.Connection, body: BinaryIO) -> tuple[Change, LoadedVersion]:
             change_id = next_change_id(conn)
-            content = self._store_content(conn, change_id, body)
+            staged = staging.staged_of(body)
+            if staged is None:
+                content_id = None
+                content = self._store_content(conn, change_id, body)
+            else:
+                content_id = staging.content_key(staged.staged_id)
+                content = self._adopt_staged(conn, staged, body)
             check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
             change = Change(
                 id=change_id, time=now, op="put", path=path,
@@ -287,10 +310,47 @@ class StorageEngine:
                 etag=content.md5.hex(), sha256=content.sha256.hex(),
                 content_type=content_type, metadata=dict(metadata or {}),
             )
-            record_change(conn, change, self.chunk_size)
+            record_change(conn, change, self.chunk_size, content_id=content_id)
             return change, self._written(change, content)
 
         return Write(make, body)
+
+    def _adopt_staged(self, conn: sqlite3.Connection, staged: staging.StagedContent,
+                      body: object) -> _Content:
+        """
+        The content of a put whose body was staged while it arrived: its
+        digests, checked by the body reader when it checks any (the S3
+        payload's signed SHA-256, Content-MD5, x-amz-checksum-*), and
+        its chunks taken out of C{staged} for the change to point to.
+        """
+        if staged.owner is not self:
+            raise ValueError(f"the body was staged for another storage than {self.db_path}")
+        digests = staged.finish()
+        check = getattr(body, "check_staged", None)
+        if check is not None:
+            check(digests)
+        staging.adopt(conn, staged)
+        return _Content(staged.size, digests["md5"].digest(), digests["sha256"].digest(),
+                        staged.chunk_count, None, None, False)
+
+    def stage_write(self, staged_id: int, index: int, block: bytes) -> Write:
+        """
+        Store chunk C{index} of a body that is still arriving, under
+        staged content C{staged_id} (L{owncdn.storage.staging}).
+        """
+        def make(conn: sqlite3.Connection, _: None) -> None:
+            staging.stage_chunk(conn, staged_id, index, block)
+
+        return Write(make)
+
+    def discard_write(self, staged_id: int) -> Write:
+        """
+        Delete staged content no put took.
+        """
+        def make(conn: sqlite3.Connection, _: None) -> None:
+            staging.discard(conn, staged_id)
+
+        return Write(make)
 
     def put(self, path: str, body: BinaryIO, content_type: str,
             metadata: dict | None, expected_md5: bytes | None,
@@ -475,8 +535,8 @@ class StorageEngine:
                 {"cutoff": cutoff},
             )]
             for change_id in ids:
+                delete_content(conn, change_id)
                 conn.execute("UPDATE changes SET pruned = 1 WHERE id = ?", (change_id,))
-                conn.execute("DELETE FROM chunks WHERE change_id = ?", (change_id,))
         return len(ids)
 
     # Reads: any thread.
@@ -507,11 +567,11 @@ class StorageEngine:
             if row is None or row[11]:  # unknown, or pruned
                 raise NoSuchVersion(f"no version {version!r} of {path!r}")
         change = change_from_row(row)
-        chunk_size, _, current, compressed, stored_size, stored = row[10:]
+        chunk_size, _, current, compressed, stored_size, stored, key = row[10:]
         if change.op == "delete":
             raise DeleteMarkerVersion(f"version {version!r} of {path!r} is a delete marker")
         found = StoredVersion(
-            change_id=change.id, info=info_from_change(change, bool(current)),
+            change_id=key, info=info_from_change(change, bool(current)),
             chunk_size=chunk_size, br_size=stored_size if compressed else None,
         )
         if change.size > self.small_file_limit:

@@ -1,0 +1,267 @@
+"""
+The body of a big upload, stored while it arrives (the reactor side of
+L{owncdn.storage.staging}).
+
+The site makes a L{StagedBody} the request's C{content} when the
+resource that will take the upload says so from the request head.  Its
+C{write}, on the reactor thread, cuts the bytes into chunks; each chunk
+is queued as a staging write for the storage service's writer thread
+and handed to one serial digest job per algorithm in the service's
+digest pool (L{DigestChain}), so that when the last byte is in, only
+the put's own small transaction is left.  While more than L{AHEAD}
+chunks wait to be stored or hashed the connection stops reading, so
+memory stays at a few chunks whatever the client's speed.
+"""
+
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from owncdn.digests import Digest
+
+log = Logger()
+
+# Chunks received but not yet stored and hashed, past which the
+# connection stops reading until they are (and resumes at half).
+AHEAD = 8
+# How long the put waits for the digest jobs to finish the last chunks.
+FINISH_TIMEOUT = 600.0
+
+
+def _ignore(success: bool, result: object) -> None:
+    # _run catches what it raises.
+    pass
+
+
+class StagingFailed(Exception):
+    """
+    A staged body cannot be stored: it is incomplete, or storing one of
+    its chunks failed.
+    """
+
+
+class DigestChain:
+    """
+    Feeds blocks to one running digest in order, one job at a time in a
+    shared thread pool (so digests of different uploads and algorithms
+    run side by side, within the pool's bound).  C{hashlib} releases the
+    GIL on blocks this big, so the hashing really runs beside the
+    reactor and the writer thread.
+
+    @param done: called in the pool thread after each block, e.g. to
+        tell the reactor a block is hashed.
+    """
+
+    def __init__(self, digest: Digest, pool: ThreadPool, done: Callable[[], object]):
+        self.digest = digest
+        self._pool = pool
+        self._done = done
+        self._blocks: deque[bytes] = deque()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
+
+    def add(self, block: bytes) -> None:
+        with self._lock:
+            self._blocks.append(block)
+            if not self._idle.is_set():
+                return
+            self._idle.clear()
+        self._pool.callInThreadWithCallback(_ignore, self._run)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._blocks:
+                    self._idle.set()
+                    return
+                block = self._blocks.popleft()
+            try:
+                if self._error is None:
+                    self.digest.update(block)
+            except BaseException as error:  # noqa: BLE001 - raised by wait()
+                self._error = error
+            self._done()
+
+    def wait(self, timeout: float) -> None:
+        """
+        Wait until every block added is hashed (from a thread other than
+        the reactor's).
+
+        @raise StagingFailed: not within C{timeout} seconds.
+        @raise Exception: what the digest raised.
+        """
+        if not self._idle.wait(timeout):
+            raise StagingFailed(f"hashing did not finish within {timeout} seconds")
+        if self._error is not None:
+            raise self._error
+
+
+class StagedBody:
+    """
+    A request body written chunk by chunk into a storage service while
+    it arrives; the service's put of it only points a change at it.
+
+    Made by L{owncdn.services.storage.StorageService.stage_body}.  Writes
+    happen on the reactor thread; L{staged_content} is what the storage
+    engine asks for in the writer thread; reading the body back (for a
+    reader that needs a digest not computed on the way in) reads the
+    staged chunks, in a worker thread.
+
+    @param owner: the storage engine the chunks go to.
+    @param store_chunk: queues one chunk for the writer thread,
+        C{(staged_id, index, block) -> Deferred}.
+    @param read_chunk: reads a staged chunk back, blocking,
+        C{(staged_id, index) -> bytes}.
+    @param discard: queues the deletion of the staged content.
+    @param reactor: for C{callFromThread}.
+    @param producer: the connection, paused while the body is too far
+        ahead of storing and hashing.
+    """
+
+    def __init__(self, owner: object, staged_id: int, length: int, chunk_size: int,
+                 digests: Mapping[str, Digest], pool: ThreadPool, reactor,
+                 producer, store_chunk: Callable, read_chunk: Callable[[int, int], bytes],
+                 discard: Callable[[int], object]):
+        self.owner = owner
+        self.staged_id = staged_id
+        self.length = length
+        self.chunk_size = chunk_size
+        self.size = 0
+        self.chunk_count = 0
+        self.claimed = False
+        self.closed = False
+        self._reactor = reactor
+        self._producer = producer
+        self._paused = False
+        self._store_chunk = store_chunk
+        self._read_chunk = read_chunk
+        self._discard = discard
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        # Per chunk index: how many of its consumers (the staging write
+        # and each digest) are not done with it yet.
+        self._waiting: dict[int, int] = {}
+        self._hashed_upto: dict[str, int] = {}
+        self._chains = {algorithm: DigestChain(digest, pool, self._hashed(algorithm))
+                        for algorithm, digest in digests.items()}
+        self._position = 0
+        self._read_buffer = b""
+
+    # Writing: reactor thread.
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.size + len(data) > self.length:
+            raise StagingFailed(f"more than the {self.length} bytes announced")
+        self.size += len(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        while self._pending_size >= self.chunk_size:
+            held = b"".join(self._pending)
+            block, rest = held[:self.chunk_size], held[self.chunk_size:]
+            self._pending = [rest] if rest else []
+            self._pending_size = len(rest)
+            self._send(block)
+        if self.size == self.length and self._pending:
+            block = b"".join(self._pending)
+            self._pending, self._pending_size = [], 0
+            self._send(block)
+        if len(self._waiting) >= AHEAD and self.size < self.length and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _send(self, block: bytes) -> None:
+        index = self.chunk_count
+        self.chunk_count += 1
+        self._waiting[index] = 1 + len(self._chains)
+        for chain in self._chains.values():
+            chain.add(block)
+        d = self._store_chunk(self.staged_id, index, block)
+        d.addCallbacks(lambda _: self._consumed(index), self._store_failed,
+                       errbackArgs=(index,))
+
+    def _store_failed(self, failure, index: int) -> None:
+        # The put finds the chunk missing and fails; nothing more to do.
+        log.failure("staging chunk {index} of upload {id} failed", failure,
+                    index=index, id=self.staged_id)
+        self._consumed(index)
+
+    def _hashed(self, algorithm: str) -> Callable[[], None]:
+        def done() -> None:
+            # Pool thread: chunks are hashed in order.
+            upto = self._hashed_upto.get(algorithm, 0)
+            self._hashed_upto[algorithm] = upto + 1
+            self._reactor.callFromThread(self._consumed, upto)
+        return done
+
+    def _consumed(self, index: int) -> None:
+        left = self._waiting.get(index, 0) - 1
+        if left > 0:
+            self._waiting[index] = left
+            return
+        self._waiting.pop(index, None)
+        if self._paused and len(self._waiting) <= AHEAD // 2:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def close(self) -> None:
+        """
+        The request is over (answered, or the client went away): unless
+        a put took the content, delete it.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._pending = []
+        if self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
+        if not self.claimed:
+            self._discard(self.staged_id)
+
+    # What the storage engine asks: writer thread.
+
+    def staged_content(self) -> "StagedBody":
+        return self
+
+    def finish(self) -> Mapping[str, Digest]:
+        """
+        See L{owncdn.storage.staging.StagedContent.finish}.
+        """
+        if self.size != self.length:
+            raise StagingFailed(f"the body is incomplete: {self.size} of {self.length} bytes")
+        for chain in self._chains.values():
+            chain.wait(FINISH_TIMEOUT)
+        return {algorithm: chain.digest for algorithm, chain in self._chains.items()}
+
+    # A file, as request.content is: reading back the staged chunks.
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (offset, whence) != (0, 0):
+            raise OSError("a staged body can only be read from its start")
+        self._position, self._read_buffer = 0, b""
+        return 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(self.chunk_size), b""))
+        if not self._read_buffer:
+            index = self._position // self.chunk_size
+            if index >= self.chunk_count:
+                return b""
+            self._read_buffer = self._read_chunk(self.staged_id, index)
+        data, self._read_buffer = self._read_buffer[:size], self._read_buffer[size:]
+        self._position += len(data)
+        return data
+
+    def fileno(self) -> int:
+        raise OSError("a staged body is not a file")
