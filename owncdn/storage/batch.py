@@ -46,10 +46,16 @@ class Write:
         because its first chunk was read ahead); returns what the caller
         gets once the transaction committed.
     @ivar body: the content it stores, C{None} for writes without.
+    @ivar durable: whether its commit must reach the disk before it is
+        answered.  Only writes nobody is told about may say no (a
+        staged upload's chunks: the put that takes them commits with
+        an fsync of the WAL, which covers them too); a transaction of
+        such writes alone commits without an fsync.
     """
 
     make: Callable[[sqlite3.Connection, BinaryIO | None], object]
     body: BinaryIO | None = None
+    durable: bool = True
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from owncdn.storage.changelog import (
 )
 from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk, read_blocks
 from owncdn.storage.connection import ReaderConnections
-from owncdn.storage.schema import connect_writer
+from owncdn.storage.schema import SYNCHRONOUS, connect_writer
 
 # The version columns, whether the version is the newest of its path,
 # and (for single-chunk files) how chunk 0 is stored.  length() of a
@@ -72,6 +72,13 @@ _OPEN_VERSION = f"""
 # copy.  The commit still fsyncs the WAL: durability is the same.
 AUTOCHECKPOINT_PAGES = 1000
 BIG_WRITE = 16 * CHUNK_SIZE
+# Uploads stored as they arrive (owncdn.storage.staging) commit a few
+# chunks at a time; checkpointing after each would copy the body into
+# the database file while it is still arriving, on the upload's time.
+# So automatic checkpoints stay off while any upload is being staged,
+# and the copy is made after its put, as for a big write -- unless the
+# WAL has grown by this much meanwhile (many or endless uploads).
+STAGING_CHECKPOINT_BYTES = 4096 * CHUNK_SIZE
 
 
 class StorageClosed(Exception):
@@ -178,6 +185,10 @@ class StorageEngine:
         self._readers = ReaderConnections(self.db_path)
         # A big write committed without checkpointing (see BIG_WRITE).
         self.checkpoint_due = False
+        # Staged uploads in progress, and the bytes staged since the
+        # last checkpoint (see STAGING_CHECKPOINT_BYTES).
+        self._staging: set[int] = set()
+        self._staged_bytes = 0
 
     def open(self) -> DatabaseState:
         """
@@ -225,7 +236,10 @@ class StorageEngine:
         """
         if not self.checkpoint_due or self._writer is None:
             return
+        if self._staging and self._staged_bytes < STAGING_CHECKPOINT_BYTES:
+            return
         self.checkpoint_due = False
+        self._staged_bytes = 0
         self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -253,6 +267,15 @@ class StorageEngine:
             committed(self._make_group(group))
 
     def _make_group(self, group) -> list[Outcome]:
+        if any(ready.write.durable for ready in group) or self._writer is None:
+            return self._make_group_once(group)
+        self._writer.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._make_group_once(group)
+        finally:
+            self._writer.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
+
+    def _make_group_once(self, group) -> list[Outcome]:
         # Without savepoints first; with them only when a write failed
         # (see owncdn.storage.batch).  A write alone needs none.
         try:
@@ -330,6 +353,7 @@ class StorageEngine:
         if check is not None:
             check(digests)
         staging.adopt(conn, staged)
+        self._staging.discard(staged.staged_id)
         return _Content(staged.size, digests["md5"].digest(), digests["sha256"].digest(),
                         staged.chunk_count, None, None, False)
 
@@ -340,8 +364,12 @@ class StorageEngine:
         """
         def make(conn: sqlite3.Connection, _: None) -> None:
             staging.stage_chunk(conn, staged_id, index, block)
+            self._staging.add(staged_id)
+            self._staged_bytes += len(block)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self.checkpoint_due = True
 
-        return Write(make)
+        return Write(make, durable=False)
 
     def discard_write(self, staged_id: int) -> Write:
         """
@@ -349,8 +377,10 @@ class StorageEngine:
         """
         def make(conn: sqlite3.Connection, _: None) -> None:
             staging.discard(conn, staged_id)
+            self._staging.discard(staged_id)
 
-        return Write(make)
+        # Lost with the power, it is made again at the next start.
+        return Write(make, durable=False)
 
     def put(self, path: str, body: BinaryIO, content_type: str,
             metadata: dict | None, expected_md5: bytes | None,
