@@ -26,7 +26,7 @@ log = Logger()
 
 # Chunks received but not yet stored and hashed, past which the
 # connection stops reading until they are (and resumes at half).
-AHEAD = 8
+AHEAD = 16
 # How long the put waits for the digest jobs to finish the last chunks.
 FINISH_TIMEOUT = 600.0
 
@@ -141,7 +141,7 @@ class StagedBody:
         self._store_chunk = store_chunk
         self._read_chunk = read_chunk
         self._discard = discard
-        self._pending: list[bytes] = []
+        self._pending: list[memoryview] = []
         self._pending_size = 0
         # Per chunk index: how many of its consumers (the staging write
         # and each digest) are not done with it yet.
@@ -160,23 +160,25 @@ class StagedBody:
         if self.size + len(data) > self.length:
             raise StagingFailed(f"more than the {self.length} bytes announced")
         self.size += len(data)
-        self._pending.append(data)
-        self._pending_size += len(data)
-        while self._pending_size >= self.chunk_size:
-            held = b"".join(self._pending)
-            block, rest = held[:self.chunk_size], held[self.chunk_size:]
-            self._pending = [rest] if rest else []
-            self._pending_size = len(rest)
-            self._send(block)
+        # Pieces are cut without copying; each byte is copied once, into
+        # its chunk.
+        view = memoryview(data)
+        while view:
+            room = self.chunk_size - self._pending_size
+            piece, view = view[:room], view[room:]
+            self._pending.append(piece)
+            self._pending_size += len(piece)
+            if self._pending_size == self.chunk_size:
+                self._send_pending()
         if self.size == self.length and self._pending:
-            block = b"".join(self._pending)
-            self._pending, self._pending_size = [], 0
-            self._send(block)
+            self._send_pending()
         if len(self._waiting) >= AHEAD and self.size < self.length and not self._paused:
             self._paused = True
             self._producer.pauseProducing()
 
-    def _send(self, block: bytes) -> None:
+    def _send_pending(self) -> None:
+        block = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
         index = self.chunk_count
         self.chunk_count += 1
         self._waiting[index] = 1 + len(self._chains)
