@@ -71,8 +71,10 @@ MIN_PRUNE_INTERVAL = 60.0
 BATCH_WRITES = 64
 
 # Threads hashing uploads that are stored as they arrive: one per
-# digest of an upload, a few uploads side by side.
+# digest of an upload, a few uploads side by side (and writing the WAL
+# out behind them, see StorageService._staged).
 DIGEST_THREADS = 4
+WAL_FLUSH_BYTES = 64 * 1024 * 1024
 
 ChangeListener = Callable[[Change], object]
 
@@ -139,6 +141,10 @@ class StorageService(Service):
         self._reader_pool: ThreadPool | None = None
         self._digest_pool: ThreadPool | None = None
         self._next_staged_id = 1
+        # Staged bytes committed since the WAL was last written out, and
+        # whether that is being done (see _staged).
+        self._unflushed = 0
+        self._flushing = False
         self._pruning: LoopingCall | None = None
         self._small_files = SmallFileCache()
         self._last_change_id = 0
@@ -447,7 +453,8 @@ class StorageService(Service):
             running.setdefault(algorithm, make())
 
         def store_chunk(staged_id: int, index: int, block: bytes) -> Deferred:
-            return self._write(self._engine.stage_write(staged_id, index, block), _nothing)
+            d = self._write(self._engine.stage_write(staged_id, index, block), _nothing)
+            return d.addCallback(self._staged, len(block))
 
         def read_chunk(staged_id: int, index: int) -> bytes:
             return self._engine.read_chunk(content_key(staged_id), index)
@@ -455,6 +462,26 @@ class StorageService(Service):
         return StagedBody(self._engine, staged_id, length, self._engine.chunk_size, running,
                           self._digest_pool, self._reactor, producer, store_chunk, read_chunk,
                           self._discard_staged)
+
+    def _staged(self, result: None, size: int) -> None:
+        """
+        A staged chunk is committed (without an fsync): every
+        L{WAL_FLUSH_BYTES} of them, have the kernel write the WAL out in
+        a pool thread, so that the fsync of the put that takes them does
+        not write the whole body on the upload's time.
+        """
+        self._unflushed += size
+        if self._unflushed < WAL_FLUSH_BYTES or self._flushing or self._digest_pool is None:
+            return
+        self._unflushed, self._flushing = 0, True
+
+        def flushed(result: object) -> None:
+            self._flushing = False
+
+        d = deferToThreadPool(self._reactor, self._digest_pool, self._engine.flush_wal)
+        d.addErrback(lambda failure: log.failure("storage {db}: writing the WAL out failed",
+                                                 failure, db=str(self.db_path)))
+        d.addBoth(flushed)
 
     def _discard_staged(self, staged_id: int) -> None:
         """
