@@ -200,7 +200,7 @@ class StagedBodyTests(Harness, SynchronousTestCase):
         engine = StorageEngine(db)
         engine.open()
         for index in range(3):
-            engine.write(engine.stage_write(7, index, os.urandom(1000)))
+            engine.write(engine.staged.stage_write(7, index, os.urandom(1000)))
         engine.close()
         self.assertEqual(staged_left(db), (1, 3))
         engine = StorageEngine(db)

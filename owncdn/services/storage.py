@@ -453,7 +453,7 @@ class StorageService(Service):
             running.setdefault(algorithm, make())
 
         def store_chunk(staged_id: int, index: int, block: bytes) -> Deferred:
-            d = self._write(self._engine.stage_write(staged_id, index, block), _nothing)
+            d = self._write(self._engine.staged.stage_write(staged_id, index, block), _nothing)
             return d.addCallback(self._staged, len(block))
 
         def read_chunk(staged_id: int, index: int) -> bytes:
@@ -491,7 +491,7 @@ class StorageService(Service):
         """
         if self._writer_pool is None or self._closing:
             return
-        self._write(self._engine.discard_write(staged_id), _nothing).addErrback(
+        self._write(self._engine.staged.discard_write(staged_id), _nothing).addErrback(
             lambda failure: log.failure("storage {db}: deleting staged upload {id} failed",
                                         failure, db=str(self.db_path), id=staged_id))
 

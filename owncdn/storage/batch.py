@@ -21,11 +21,11 @@ in front of it wait for its bytes.  docs/storage.md has the figures.
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from owncdn.storage.chunks import first_chunk
-from owncdn.storage.staging import staged_of
 
 # Content one shared transaction holds at most: enough for a few hundred
 # small files, little enough that the first of them is not acknowledged
@@ -51,11 +51,15 @@ class Write:
         staged upload's chunks: the put that takes them commits with
         an fsync of the WAL, which covers them too); a transaction of
         such writes alone commits without an fsync.
+    @ivar big: its content is known to be more than a chunk (an upload
+        stored as it arrived), so it gets a transaction of its own
+        without its body being read ahead.
     """
 
     make: Callable[[sqlite3.Connection, BinaryIO | None], object]
     body: BinaryIO | None = None
     durable: bool = True
+    big: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,53 @@ class WriteFailed(Exception):
         self.error = error
 
 
+# Opens the writer's transaction: a context manager that gives the
+# connection and commits on leaving (rolls back on an exception).
+Begin = Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+
+def write_batch(begin: Begin, writes: Sequence[Write], chunk_size: int,
+                committed: Callable[[list[Outcome]], object],
+                fsync_commits: Callable[[bool], object]) -> None:
+    """
+    Make C{writes} in order, in the transactions L{groups} splits them
+    into; see L{owncdn.storage.engine.StorageEngine.write_batch}.
+
+    @param fsync_commits: turns the fsync of the next commits off
+        (C{False}) for a transaction of writes that are not
+        C{durable}, and back on (C{True}) after it.
+    """
+    for group in groups(writes, chunk_size):
+        if any(ready.write.durable for ready in group):
+            committed(_make_transaction(begin, group))
+            continue
+        fsync_commits(False)
+        try:
+            outcomes = _make_transaction(begin, group)
+        finally:
+            fsync_commits(True)
+        committed(outcomes)
+
+
+def _make_transaction(begin: Begin, group: list[_Ready]) -> list[Outcome]:
+    # Without savepoints first; with them only when a write failed.  A
+    # write alone needs none.
+    try:
+        with begin() as conn:
+            return make_group(conn, group, isolated=False)
+    except WriteFailed as failed:
+        if len(group) == 1:
+            return [(False, failed.error)]
+    except Exception as error:
+        return [(False, error)] * len(group)
+    rewind(group)
+    try:
+        with begin() as conn:
+            return make_group(conn, group, isolated=True)
+    except Exception as error:
+        return [(False, error)] * len(group)
+
+
 def groups(writes: Sequence[Write], chunk_size: int,
            group_bytes: int = GROUP_BYTES) -> Iterator[list[_Ready]]:
     """
@@ -93,8 +144,7 @@ def groups(writes: Sequence[Write], chunk_size: int,
         try:
             if write.body is None:
                 body, length = None, 0
-            elif staged_of(write.body) is not None:
-                # Stored while it arrived: nothing to read, and big.
+            elif write.big:
                 body, length = write.body, None
             else:
                 body, length = first_chunk(write.body, chunk_size)

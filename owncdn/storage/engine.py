@@ -31,7 +31,8 @@ from owncdn.storage import (
     version_id,
 )
 from owncdn.storage import staging
-from owncdn.storage.batch import Outcome, Write, WriteFailed, groups, make_group, rewind
+from owncdn.storage import batch
+from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.changelog import (
     CHANGE_COLUMNS,
     change_from_row,
@@ -73,13 +74,6 @@ _OPEN_VERSION = f"""
 # copy.  The commit still fsyncs the WAL: durability is the same.
 AUTOCHECKPOINT_PAGES = 1000
 BIG_WRITE = 16 * CHUNK_SIZE
-# Uploads stored as they arrive (owncdn.storage.staging) commit a few
-# chunks at a time; checkpointing after each would copy the body into
-# the database file while it is still arriving, on the upload's time.
-# So automatic checkpoints stay off while any upload is being staged,
-# and the copy is made after its put, as for a big write -- unless the
-# WAL has grown by this much meanwhile (many or endless uploads).
-STAGING_CHECKPOINT_BYTES = 4096 * CHUNK_SIZE
 
 
 class StorageClosed(Exception):
@@ -186,10 +180,8 @@ class StorageEngine:
         self._readers = ReaderConnections(self.db_path)
         # A big write committed without checkpointing (see BIG_WRITE).
         self.checkpoint_due = False
-        # Staged uploads in progress, and the bytes staged since the
-        # last checkpoint (see STAGING_CHECKPOINT_BYTES).
-        self._staging: set[int] = set()
-        self._staged_bytes = 0
+        # Uploads stored as they arrive (owncdn.storage.staging).
+        self.staged = staging.StagedUploads(self, self._defer_checkpoint)
 
     def open(self) -> DatabaseState:
         """
@@ -237,10 +229,10 @@ class StorageEngine:
         """
         if not self.checkpoint_due or self._writer is None:
             return
-        if self._staging and self._staged_bytes < STAGING_CHECKPOINT_BYTES:
+        if self.staged.hold_checkpoint():
             return
         self.checkpoint_due = False
-        self._staged_bytes = 0
+        self.staged.checkpointed()
         self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -280,35 +272,11 @@ class StorageEngine:
             When a commit fails, each of its writes fails with that
             error.
         """
-        for group in groups(writes, self.chunk_size):
-            committed(self._make_group(group))
+        batch.write_batch(self._writing, writes, self.chunk_size, committed, self._fsync_commits)
 
-    def _make_group(self, group) -> list[Outcome]:
-        if any(ready.write.durable for ready in group) or self._writer is None:
-            return self._make_group_once(group)
-        self._writer.execute("PRAGMA synchronous = NORMAL")
-        try:
-            return self._make_group_once(group)
-        finally:
-            self._writer.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
-
-    def _make_group_once(self, group) -> list[Outcome]:
-        # Without savepoints first; with them only when a write failed
-        # (see owncdn.storage.batch).  A write alone needs none.
-        try:
-            with self._writing() as conn:
-                return make_group(conn, group, isolated=False)
-        except WriteFailed as failed:
-            if len(group) == 1:
-                return [(False, failed.error)]
-        except Exception as error:
-            return [(False, error)] * len(group)
-        rewind(group)
-        try:
-            with self._writing() as conn:
-                return make_group(conn, group, isolated=True)
-        except Exception as error:
-            return [(False, error)] * len(group)
+    def _fsync_commits(self, fsync: bool) -> None:
+        if self._writer is not None:
+            self._writer.execute(f"PRAGMA synchronous = {SYNCHRONOUS if fsync else 'NORMAL'}")
 
     def write(self, write: Write):
         """
@@ -342,7 +310,10 @@ class StorageEngine:
                 content = self._store_content(conn, change_id, body)
             else:
                 content_id = staging.content_key(staged.staged_id)
-                content = self._adopt_staged(conn, staged, body)
+                digests = self.staged.take(conn, staged, body)
+                content = _Content(staged.size, digests["md5"].digest(),
+                                   digests["sha256"].digest(), staged.chunk_count,
+                                   None, None, False)
             check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
             change = Change(
                 id=change_id, time=now, op="put", path=path,
@@ -353,51 +324,7 @@ class StorageEngine:
             record_change(conn, change, self.chunk_size, content_id=content_id)
             return change, self._written(change, content)
 
-        return Write(make, body)
-
-    def _adopt_staged(self, conn: sqlite3.Connection, staged: staging.StagedContent,
-                      body: object) -> _Content:
-        """
-        The content of a put whose body was staged while it arrived: its
-        digests, checked by the body reader when it checks any (the S3
-        payload's signed SHA-256, Content-MD5, x-amz-checksum-*), and
-        its chunks taken out of C{staged} for the change to point to.
-        """
-        if staged.owner is not self:
-            raise ValueError(f"the body was staged for another storage than {self.db_path}")
-        digests = staged.finish()
-        check = getattr(body, "check_staged", None)
-        if check is not None:
-            check(digests)
-        staging.adopt(conn, staged)
-        self._staging.discard(staged.staged_id)
-        return _Content(staged.size, digests["md5"].digest(), digests["sha256"].digest(),
-                        staged.chunk_count, None, None, False)
-
-    def stage_write(self, staged_id: int, index: int, block: bytes) -> Write:
-        """
-        Store chunk C{index} of a body that is still arriving, under
-        staged content C{staged_id} (L{owncdn.storage.staging}).
-        """
-        def make(conn: sqlite3.Connection, _: None) -> None:
-            staging.stage_chunk(conn, staged_id, index, block)
-            self._staging.add(staged_id)
-            self._staged_bytes += len(block)
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self.checkpoint_due = True
-
-        return Write(make, durable=False)
-
-    def discard_write(self, staged_id: int) -> Write:
-        """
-        Delete staged content no put took.
-        """
-        def make(conn: sqlite3.Connection, _: None) -> None:
-            staging.discard(conn, staged_id)
-            self._staging.discard(staged_id)
-
-        # Lost with the power, it is made again at the next start.
-        return Write(make, durable=False)
+        return Write(make, body, big=staging.staged_of(body) is not None)
 
     def put(self, path: str, body: BinaryIO, content_type: str,
             metadata: dict | None, expected_md5: bytes | None,
@@ -541,9 +468,12 @@ class StorageEngine:
             found = digests.finish()
         content.md5, content.sha256 = found["md5"], found["sha256"]
         if content.size > BIG_WRITE:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self.checkpoint_due = True
+            self._defer_checkpoint(conn)
         return content
+
+    def _defer_checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.checkpoint_due = True
 
     def _written(self, change: Change, content: _Content) -> LoadedVersion:
         single_br = content.chunk_count == 1 and content.first_compressed

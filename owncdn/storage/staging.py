@@ -25,11 +25,19 @@ the web layer writes into is L{owncdn.services.staging.StagedBody}.
 
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from owncdn.digests import Digest
+from owncdn.storage.batch import Write
 from owncdn.storage.chunks import encode_chunk
+
+# Staging commits a few chunks at a time; checkpointing after each would
+# copy the body into the database file while it is still arriving, on
+# the upload's time.  So the checkpoint is held back while any upload is
+# being staged, and made after its put, as after a big write -- unless
+# the WAL has grown by this much meanwhile (many or endless uploads).
+STAGING_CHECKPOINT_BYTES = 4 * 1024 * 1024 * 1024
 
 
 class StagedContent(Protocol):
@@ -132,3 +140,79 @@ def discard_all(conn: sqlite3.Connection) -> int:
     for staged_id in ids:
         discard(conn, staged_id)
     return len(ids)
+
+
+class StagedUploads:
+    """
+    The storage engine's side of the uploads being staged: the writes
+    that store and discard their chunks, the put's adoption of one, and
+    whether any is in progress (which holds the WAL checkpoint back).
+
+    @param owner: the engine; a staged body made for another is refused.
+    @param defer_checkpoint: called with the connection in a write's
+        transaction, to leave the WAL checkpoint until after the write.
+    """
+
+    def __init__(self, owner: object, defer_checkpoint: Callable[[sqlite3.Connection], None]):
+        self._owner = owner
+        self._defer_checkpoint = defer_checkpoint
+        self._active: set[int] = set()
+        self._bytes = 0
+
+    def hold_checkpoint(self) -> bool:
+        """
+        Whether the WAL checkpoint should wait (an upload is being
+        staged, and the WAL has not grown too much meanwhile).
+        """
+        return bool(self._active) and self._bytes < STAGING_CHECKPOINT_BYTES
+
+    def checkpointed(self) -> None:
+        self._bytes = 0
+
+    def stage_write(self, staged_id: int, index: int, block: bytes) -> Write:
+        """
+        Store chunk C{index} of a body that is still arriving, under
+        staged content C{staged_id}.  Nobody is answered on it, so it
+        need not be durable: the put that takes it is.
+        """
+        def make(conn: sqlite3.Connection, _: None) -> None:
+            stage_chunk(conn, staged_id, index, block)
+            self._active.add(staged_id)
+            self._bytes += len(block)
+            self._defer_checkpoint(conn)
+
+        return Write(make, durable=False)
+
+    def discard_write(self, staged_id: int) -> Write:
+        """
+        Delete staged content no put took.  Lost with the power, it is
+        made again at the next start.
+        """
+        def make(conn: sqlite3.Connection, _: None) -> None:
+            discard(conn, staged_id)
+            self._active.discard(staged_id)
+
+        return Write(make, durable=False)
+
+    def take(self, conn: sqlite3.Connection, staged: StagedContent,
+             body: object) -> Mapping[str, Digest]:
+        """
+        In the transaction of the put of C{body}: wait for the digests
+        of its staged content, have the body reader check them if it
+        checks any (the S3 payload's signed SHA-256, C{Content-MD5},
+        C{x-amz-checksum-*}), and take the chunks out of C{staged} for
+        the change to point to.
+
+        @return: the digests, by algorithm.
+        @raise Exception: what the check raised; the content is
+            incomplete or was staged for another engine.
+        """
+        if staged.owner is not self._owner:
+            raise ValueError("the body was staged for another storage")
+        digests = staged.finish()
+        check = getattr(body, "check_staged", None)
+        if check is not None:
+            check(digests)
+        adopt(conn, staged)
+        self._active.discard(staged.staged_id)
+        return digests
