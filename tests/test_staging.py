@@ -165,6 +165,18 @@ class StagedBodyTests(Harness, SynchronousTestCase):
         info = self.successResultOf(service.put("big.bin", body))
         self.assertEqual(info.etag, hashlib.md5(data).hexdigest())
 
+    def test_put_elsewhere_reads_the_body(self):
+        """A body staged for one service and put into another is read back and stored there whole."""
+        staged_in, other = self.make_files(), self.make_files()
+        data = os.urandom(SIZE)
+        body = self.stage(staged_in, data)
+        info = self.successResultOf(other.put("big.bin", body))
+        self.assertEqual(info.etag, hashlib.md5(data).hexdigest())
+        self.assertEqual(self.read_all(other, "big.bin"), data)
+        body.close()
+        self.assertEqual(staged_left(staged_in.db_path), (0, 0))
+        self.assertEqual(staged_left(other.db_path), (0, 0))
+
     def test_small_bodies_not_staged(self):
         """A body of one chunk or less is not staged (it is cheaper to spool)."""
         service = self.make_files()

@@ -425,7 +425,7 @@ class StorageService(Service):
 
         failed = None
         staged = staged_of(body)
-        if staged is not None:
+        if staged is not None and staged.owner is self._engine:
             # The put takes the staged content, or deletes it if it fails.
             staged.claimed = True
             failed = partial(self._discard_staged, staged.staged_id)

@@ -181,7 +181,7 @@ class StorageEngine:
         # A big write committed without checkpointing (see BIG_WRITE).
         self.checkpoint_due = False
         # Uploads stored as they arrive (owncdn.storage.staging).
-        self.staged = staging.StagedUploads(self, self._defer_checkpoint)
+        self.staged = staging.StagedUploads(self._defer_checkpoint)
 
     def open(self) -> DatabaseState:
         """
@@ -304,7 +304,7 @@ class StorageEngine:
         """
         def make(conn: sqlite3.Connection, body: BinaryIO) -> tuple[Change, LoadedVersion]:
             change_id = next_change_id(conn)
-            staged = staging.staged_of(body)
+            staged = self._staged_here(body)
             if staged is None:
                 content_id = None
                 content = self._store_content(conn, change_id, body)
@@ -324,7 +324,15 @@ class StorageEngine:
             record_change(conn, change, self.chunk_size, content_id=content_id)
             return change, self._written(change, content)
 
-        return Write(make, body, big=staging.staged_of(body) is not None)
+        return Write(make, body, big=self._staged_here(body) is not None)
+
+    def _staged_here(self, body: object) -> staging.StagedContent | None:
+        """
+        The staged content behind C{body} if it was staged in this
+        database; a body staged in another is read like any other.
+        """
+        staged = staging.staged_of(body)
+        return staged if staged is not None and staged.owner is self else None
 
     def put(self, path: str, body: BinaryIO, content_type: str,
             metadata: dict | None, expected_md5: bytes | None,

@@ -148,13 +148,11 @@ class StagedUploads:
     that store and discard their chunks, the put's adoption of one, and
     whether any is in progress (which holds the WAL checkpoint back).
 
-    @param owner: the engine; a staged body made for another is refused.
     @param defer_checkpoint: called with the connection in a write's
         transaction, to leave the WAL checkpoint until after the write.
     """
 
-    def __init__(self, owner: object, defer_checkpoint: Callable[[sqlite3.Connection], None]):
-        self._owner = owner
+    def __init__(self, defer_checkpoint: Callable[[sqlite3.Connection], None]):
         self._defer_checkpoint = defer_checkpoint
         self._active: set[int] = set()
         self._bytes = 0
@@ -204,11 +202,9 @@ class StagedUploads:
         the change to point to.
 
         @return: the digests, by algorithm.
-        @raise Exception: what the check raised; the content is
-            incomplete or was staged for another engine.
+        @raise Exception: what the check raised, or the content is
+            incomplete.
         """
-        if staged.owner is not self._owner:
-            raise ValueError("the body was staged for another storage")
         digests = staged.finish()
         check = getattr(body, "check_staged", None)
         if check is not None:
