@@ -23,7 +23,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from owncdn.errors import BadDigest, NoSuchVersion
+from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
+from owncdn.s3.checksums import PayloadDigests, VerifiedBody, new_checksum
+from owncdn.s3.errors import S3Error
 from owncdn.services.staging import AHEAD
 from owncdn.storage.chunks import CHUNK_SIZE
 from owncdn.storage.engine import StorageEngine
@@ -176,6 +178,26 @@ class StagedBodyTests(Harness, SynchronousTestCase):
         body.close()
         self.assertEqual(staged_left(staged_in.db_path), (0, 0))
         self.assertEqual(staged_left(other.db_path), (0, 0))
+
+    def test_s3_checksum_not_computed_on_the_way_in(self):
+        """An S3 checksum the staged body did not compute is computed by reading it back, and checked."""
+        service = self.make_files()
+        data = os.urandom(SIZE)
+        crc = new_checksum("crc32")
+        crc.update(data)
+        good = {"x-amz-checksum-crc32": base64.b64encode(crc.digest()).decode()}
+        body = VerifiedBody(self.stage(service, data), PayloadDigests.from_headers(good))
+        info = self.successResultOf(service.put("good.bin", body))
+        self.assertEqual(info.etag, hashlib.md5(data).hexdigest())
+        bad = {"x-amz-checksum-crc32": base64.b64encode(b"\0\0\0\0").decode()}
+        staged = self.stage(service, data)
+        body = VerifiedBody(staged, PayloadDigests.from_headers(bad))
+        self.assertEqual(self.failureResultOf(service.put("bad.bin", body), S3Error).value.code,
+                         "BadDigest")
+        staged.close()
+        self.assertEqual(self.read_all(service, "good.bin"), data)
+        self.failureResultOf(service.get("bad.bin"), NoSuchFile)
+        self.assertEqual(staged_left(service.db_path), (0, 0))
 
     def test_small_bodies_not_staged(self):
         """A body of one chunk or less is not staged (it is cheaper to spool)."""

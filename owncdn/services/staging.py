@@ -257,9 +257,9 @@ class StagedBody:
         if size is None or size < 0:
             return b"".join(iter(lambda: self.read(self.chunk_size), b""))
         if not self._read_buffer:
-            index = self._position // self.chunk_size
-            if index >= self.chunk_count:
+            if self._position >= self.size:
                 return b""
+            index = self._position // self.chunk_size
             self._read_buffer = self._read_chunk(self.staged_id, index)
         data, self._read_buffer = self._read_buffer[:size], self._read_buffer[size:]
         self._position += len(data)
