@@ -51,12 +51,13 @@ class DigestChain:
     GIL on blocks this big, so the hashing really runs beside the
     reactor and the writer thread.
 
-    @param done: called in the pool thread after each block, e.g. to
-        tell the reactor a block is hashed.
+    @ivar hashed: how many blocks have been hashed.
+    @param done: called in the pool thread after each block.
     """
 
     def __init__(self, digest: Digest, pool: ThreadPool, done: Callable[[], object]):
         self.digest = digest
+        self.hashed = 0
         self._pool = pool
         self._done = done
         self._blocks: deque[bytes] = deque()
@@ -85,6 +86,7 @@ class DigestChain:
                     self.digest.update(block)
             except BaseException as error:  # noqa: BLE001 - raised by wait()
                 self._error = error
+            self.hashed += 1
             self._done()
 
     def wait(self, timeout: float) -> None:
@@ -143,11 +145,9 @@ class StagedBody:
         self._discard = discard
         self._pending: list[memoryview] = []
         self._pending_size = 0
-        # Per chunk index: how many of its consumers (the staging write
-        # and each digest) are not done with it yet.
-        self._waiting: dict[int, int] = {}
-        self._hashed_upto: dict[str, int] = {}
-        self._chains = {algorithm: DigestChain(digest, pool, self._hashed(algorithm))
+        # Chunks whose staging write has been answered.
+        self._stored = 0
+        self._chains = {algorithm: DigestChain(digest, pool, self._hashed)
                         for algorithm, digest in digests.items()}
         self._position = 0
         self._read_buffer = b""
@@ -172,43 +172,50 @@ class StagedBody:
                 self._send_pending()
         if self.size == self.length and self._pending:
             self._send_pending()
-        if len(self._waiting) >= AHEAD and self.size < self.length and not self._paused:
+        if self._in_flight() >= AHEAD and self.size < self.length and not self._paused:
             self._paused = True
             self._producer.pauseProducing()
+            # A digest job that finished just before the flag was set
+            # did not call back: look again.
+            self._progress()
+
+    def _in_flight(self) -> int:
+        """
+        Chunks received but not yet both stored and hashed by every
+        digest (C{hashed} counts are written by the pool threads).
+        """
+        done = min([self._stored] + [chain.hashed for chain in self._chains.values()])
+        return self.chunk_count - done
 
     def _send_pending(self) -> None:
         block = b"".join(self._pending)
         self._pending, self._pending_size = [], 0
         index = self.chunk_count
         self.chunk_count += 1
-        self._waiting[index] = 1 + len(self._chains)
         for chain in self._chains.values():
             chain.add(block)
         d = self._store_chunk(self.staged_id, index, block)
-        d.addCallbacks(lambda _: self._consumed(index), self._store_failed,
-                       errbackArgs=(index,))
+        d.addCallbacks(self._chunk_stored, self._store_failed, errbackArgs=(index,))
+
+    def _chunk_stored(self, result: object) -> None:
+        self._stored += 1
+        self._progress()
 
     def _store_failed(self, failure, index: int) -> None:
         # The put finds the chunk missing and fails; nothing more to do.
         log.failure("staging chunk {index} of upload {id} failed", failure,
                     index=index, id=self.staged_id)
-        self._consumed(index)
+        self._chunk_stored(None)
 
-    def _hashed(self, algorithm: str) -> Callable[[], None]:
-        def done() -> None:
-            # Pool thread: chunks are hashed in order.
-            upto = self._hashed_upto.get(algorithm, 0)
-            self._hashed_upto[algorithm] = upto + 1
-            self._reactor.callFromThread(self._consumed, upto)
-        return done
+    def _hashed(self) -> None:
+        # Pool thread.  The reactor hears of hashing only while it waits
+        # for it: a wake-up per chunk and digest would cost more than
+        # the bookkeeping is worth.
+        if self._paused:
+            self._reactor.callFromThread(self._progress)
 
-    def _consumed(self, index: int) -> None:
-        left = self._waiting.get(index, 0) - 1
-        if left > 0:
-            self._waiting[index] = left
-            return
-        self._waiting.pop(index, None)
-        if self._paused and len(self._waiting) <= AHEAD // 2:
+    def _progress(self) -> None:
+        if self._paused and self._in_flight() <= AHEAD // 2:
             self._paused = False
             self._producer.resumeProducing()
 
