@@ -307,7 +307,11 @@ class StandardUploadTests(TestCase):
         self.assertEqual(staged_left(db), (0, 0))
 
 
-class S3PutObjectTests(DaemonCase):
+class StagedS3Case(DaemonCase):
+    """
+    The S3 daemon of L{DaemonCase}, with the path of its C{files} database.
+    """
+
     timeout = 120
 
     async def start(self) -> None:
@@ -319,6 +323,9 @@ class S3PutObjectTests(DaemonCase):
         finally:
             del self.mktemp
         self.db = Path(made[0]).absolute() / "data" / "files.db"
+
+
+class S3PutObjectTests(StagedS3Case):
 
     @asynctest
     async def test_round_trip_ranges_and_bad_digests(self):
@@ -352,6 +359,27 @@ class S3PutObjectTests(DaemonCase):
         self.assertEqual(got["Body"].read(), data)
         await self.daemon.stop()
         self.assertEqual(staged_left(self.db), (0, 0))
+
+
+class S3PutObjectTLSTests(StagedS3Case):
+    https = True
+
+    @asynctest
+    async def test_round_trip_over_tls(self):
+        """Over TLS a big PutObject (an UNSIGNED-PAYLOAD body) is stored as it arrives and reads back whole."""
+        await self.start()
+        client = self.client(request_checksum_calculation="when_required")
+        data = random.Random(4).randbytes(SIZE)
+        put = await deferToThread(client.put_object, Bucket="files", Key="big.bin", Body=data)
+        self.assertEqual(put["ETag"], f'"{hashlib.md5(data).hexdigest()}"')
+        got = await deferToThread(client.get_object, Bucket="files", Key="big.bin")
+        self.assertEqual(got["Body"].read(), data)
+        client.close()
+        await self.daemon.stop()
+        self.assertEqual(staged_left(self.db), (0, 0))
+        conn = sqlite3.connect(self.db)
+        self.addCleanup(conn.close)
+        self.assertIsNotNone(conn.execute("SELECT content_id FROM changes").fetchone()[0])
 
 
 class StagedReplicationTests(TestCase):
