@@ -7,20 +7,18 @@ resource that will take the upload says so from the request head.  Its
 C{write}, on the reactor thread, cuts the bytes into chunks; each chunk
 is queued as a staging write for the storage service's writer thread
 and handed to one serial digest job per algorithm in the service's
-digest pool (L{DigestChain}), so that when the last byte is in, only
+digest pool (L{owncdn.digests.DigestChain}), so that when the last byte is in, only
 the put's own small transaction is left.  While more than L{AHEAD}
 chunks wait to be stored or hashed the connection stops reading, so
 memory stays at a few chunks whatever the client's speed.
 """
 
-import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from owncdn.digests import Digest
+from owncdn.digests import Digest, DigestChain
 
 log = Logger()
 
@@ -31,76 +29,11 @@ AHEAD = 16
 FINISH_TIMEOUT = 600.0
 
 
-def _ignore(success: bool, result: object) -> None:
-    # _run catches what it raises.
-    pass
-
-
 class StagingFailed(Exception):
     """
     A staged body cannot be stored: it is incomplete, or storing one of
     its chunks failed.
     """
-
-
-class DigestChain:
-    """
-    Feeds blocks to one running digest in order, one job at a time in a
-    shared thread pool (so digests of different uploads and algorithms
-    run side by side, within the pool's bound).  C{hashlib} releases the
-    GIL on blocks this big, so the hashing really runs beside the
-    reactor and the writer thread.
-
-    @ivar hashed: how many blocks have been hashed.
-    @param done: called in the pool thread after each block.
-    """
-
-    def __init__(self, digest: Digest, pool: ThreadPool, done: Callable[[], object]):
-        self.digest = digest
-        self.hashed = 0
-        self._pool = pool
-        self._done = done
-        self._blocks: deque[bytes] = deque()
-        self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._error: BaseException | None = None
-
-    def add(self, block: bytes) -> None:
-        with self._lock:
-            self._blocks.append(block)
-            if not self._idle.is_set():
-                return
-            self._idle.clear()
-        self._pool.callInThreadWithCallback(_ignore, self._run)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._blocks:
-                    self._idle.set()
-                    return
-                block = self._blocks.popleft()
-            try:
-                if self._error is None:
-                    self.digest.update(block)
-            except BaseException as error:  # noqa: BLE001 - raised by wait()
-                self._error = error
-            self.hashed += 1
-            self._done()
-
-    def wait(self, timeout: float) -> None:
-        """
-        Wait until every block added is hashed (from a thread other than
-        the reactor's).
-
-        @raise StagingFailed: not within C{timeout} seconds.
-        @raise Exception: what the digest raised.
-        """
-        if not self._idle.wait(timeout):
-            raise StagingFailed(f"hashing did not finish within {timeout} seconds")
-        if self._error is not None:
-            raise self._error
 
 
 class StagedBody:
@@ -193,7 +126,7 @@ class StagedBody:
         index = self.chunk_count
         self.chunk_count += 1
         for chain in self._chains.values():
-            chain.add(block)
+            chain.update(block)
         d = self._store_chunk(self.staged_id, index, block)
         d.addCallbacks(self._chunk_stored, self._store_failed, errbackArgs=(index,))
 
@@ -246,7 +179,8 @@ class StagedBody:
         if self.size != self.length:
             raise StagingFailed(f"the body is incomplete: {self.size} of {self.length} bytes")
         for chain in self._chains.values():
-            chain.wait(FINISH_TIMEOUT)
+            if not chain.wait(FINISH_TIMEOUT):
+                raise StagingFailed(f"hashing did not finish within {FINISH_TIMEOUT} seconds")
         return {algorithm: chain.digest for algorithm, chain in self._chains.items()}
 
     # A file, as request.content is: reading back the staged chunks.

@@ -70,9 +70,9 @@ MIN_PRUNE_INTERVAL = 60.0
 # waiting long for the reactor to hear of the first.
 BATCH_WRITES = 64
 
-# Threads hashing uploads that are stored as they arrive: one per
-# digest of an upload, a few uploads side by side (and writing the WAL
-# out behind them, see StorageService._staged).
+# Threads hashing big bodies beside the thread that stores them: one
+# per digest of an upload, a few uploads side by side (and writing the
+# WAL out behind staged uploads, see StorageService._staged).
 DIGEST_THREADS = 4
 WAL_FLUSH_BYTES = 64 * 1024 * 1024
 
@@ -205,6 +205,7 @@ class StorageService(Service):
         self._reader_pool.start()
         self._digest_pool = self._make_pool(0, DIGEST_THREADS, f"storage-{name}-digests")
         self._digest_pool.start()
+        self._engine.digest_pool = self._digest_pool
         log.info("storage {db} open at change {last}", db=str(self.db_path),
                  last=state.last_change_id)
         interval = prune_interval(self.keep_versions)
@@ -251,6 +252,7 @@ class StorageService(Service):
         # After the queued writes: a staged upload's put waits for its
         # digests.
         digests, self._digest_pool = self._digest_pool, None
+        self._engine.digest_pool = None
         if digests is not None:
             digests.stop()
 

@@ -180,6 +180,9 @@ class StorageEngine:
         self._readers = ReaderConnections(self.db_path)
         # A big write committed without checkpointing (see BIG_WRITE).
         self.checkpoint_due = False
+        # The thread pool that hashes big bodies beside the writer (the
+        # service's; without one, BodyDigests starts threads).
+        self.digest_pool = None
         # Uploads stored as they arrive (owncdn.storage.staging).
         self.staged = staging.StagedUploads(self._defer_checkpoint)
 
@@ -456,7 +459,7 @@ class StorageEngine:
         content = _Content(0, b"", b"", 0, None, None, False)
         # A big body is hashed in a thread beside the inserts; a digest
         # the body offers (the S3 layer's) is not computed again.
-        with BodyDigests(body, ("md5", "sha256")) as digests:
+        with BodyDigests(body, ("md5", "sha256"), self.digest_pool) as digests:
             for block in read_blocks(body, self.chunk_size):
                 digests.update(block)
                 stored, compressed = encode_chunk(block)
