@@ -13,12 +13,16 @@ chunks wait to be stored or hashed the connection stops reading, so
 memory stays at a few chunks whatever the client's speed.
 """
 
+import hashlib
 from collections.abc import Callable, Mapping
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from owncdn.digests import Digest, DigestChain
+from owncdn.storage.staging import content_key
 
 log = Logger()
 
@@ -27,6 +31,13 @@ log = Logger()
 AHEAD = 16
 # How long the put waits for the digest jobs to finish the last chunks.
 FINISH_TIMEOUT = 600.0
+# Staged chunks commit without an fsync; every this many bytes of them
+# the WAL is written out (see UploadStaging._committed).
+WAL_FLUSH_BYTES = 64 * 1024 * 1024
+
+
+def nothing(result: object) -> None:
+    return None
 
 
 class StagingFailed(Exception):
@@ -208,3 +219,87 @@ class StagedBody:
 
     def fileno(self) -> int:
         raise OSError("a staged body is not a file")
+
+
+class UploadStaging:
+    """
+    A storage service's uploads stored as they arrive: hands out their
+    L{StagedBody} objects, deletes those no put took, and has the WAL
+    written out behind them.
+
+    @ivar next_id: the staged ID the next upload gets (from the database
+        when the service starts).
+    @param write: the service's write queue, C{(write, done, failed) ->
+        Deferred}.
+    @param running: whether the service still takes writes.
+    """
+
+    def __init__(self, engine, reactor, write: Callable[..., Deferred],
+                 running: Callable[[], bool]):
+        self.next_id = 1
+        self._engine = engine
+        self._reactor = reactor
+        self._write = write
+        self._running = running
+        # Staged bytes committed since the WAL was last written out, and
+        # whether that is being done.
+        self._unflushed = 0
+        self._flushing = False
+        self._pool: ThreadPool | None = None
+
+    def body(self, length: int, producer, pool: ThreadPool,
+             digests: Mapping[str, Callable[[], Digest]] | None = None) -> StagedBody:
+        """
+        A new staged body; see
+        L{owncdn.services.storage.StorageService.stage_body}.
+
+        @param pool: the service's digest pool.
+        """
+        self._pool = pool
+        staged_id, self.next_id = self.next_id, self.next_id + 1
+        running: dict[str, Digest] = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
+        for algorithm, make in (digests or {}).items():
+            running.setdefault(algorithm, make())
+        engine = self._engine
+
+        def store_chunk(staged_id: int, index: int, block: bytes) -> Deferred:
+            d = self._write(engine.staged.stage_write(staged_id, index, block), nothing)
+            return d.addCallback(self._committed, len(block))
+
+        def read_chunk(staged_id: int, index: int) -> bytes:
+            return engine.read_chunk(content_key(staged_id), index)
+
+        return StagedBody(engine, staged_id, length, engine.chunk_size, running, pool,
+                          self._reactor, producer, store_chunk, read_chunk, self.discard)
+
+    def _committed(self, result: None, size: int) -> None:
+        """
+        A staged chunk is committed (without an fsync): every
+        L{WAL_FLUSH_BYTES} of them, have the kernel write the WAL out in
+        a pool thread, so that the fsync of the put that takes them does
+        not write the whole body on the upload's time.
+        """
+        self._unflushed += size
+        if self._unflushed < WAL_FLUSH_BYTES or self._flushing or not self._running():
+            return
+        self._unflushed, self._flushing = 0, True
+
+        def flushed(result: object) -> None:
+            self._flushing = False
+
+        d = deferToThreadPool(self._reactor, self._pool, self._engine.flush_wal)
+        d.addErrback(lambda failure: log.failure("storage {db}: writing the WAL out failed",
+                                                 failure, db=str(self._engine.db_path)))
+        d.addBoth(flushed)
+
+    def discard(self, staged_id: int) -> None:
+        """
+        Delete staged content no put took (after the staging writes
+        queued before); what a stopped service cannot delete, the next
+        start does.
+        """
+        if not self._running():
+            return
+        self._write(self._engine.staged.discard_write(staged_id), nothing).addErrback(
+            lambda failure: log.failure("storage {db}: deleting staged upload {id} failed",
+                                        failure, db=str(self._engine.db_path), id=staged_id))

@@ -14,7 +14,6 @@ version of small files, so that most small GETs finish without a thread
 hop.
 """
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -49,9 +48,9 @@ from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.changelog import info_from_change
 from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
-from owncdn.services.staging import StagedBody
+from owncdn.services.staging import StagedBody, UploadStaging
 from owncdn.storage.smallfiles import SmallFileCache
-from owncdn.storage.staging import content_key, staged_of
+from owncdn.storage.staging import staged_of
 from owncdn.threads import wait_in_pool
 
 log = Logger()
@@ -72,15 +71,12 @@ BATCH_WRITES = 64
 
 # Threads hashing big bodies beside the thread that stores them: one
 # per digest of an upload, a few uploads side by side (and writing the
-# WAL out behind staged uploads, see StorageService._staged).
+# WAL out behind staged uploads, see owncdn.services.staging).
 DIGEST_THREADS = 4
-WAL_FLUSH_BYTES = 64 * 1024 * 1024
 
 ChangeListener = Callable[[Change], object]
 
 
-def _nothing(result: object) -> None:
-    return None
 
 
 @dataclass
@@ -140,11 +136,9 @@ class StorageService(Service):
         self._writer_pool: ThreadPool | None = None
         self._reader_pool: ThreadPool | None = None
         self._digest_pool: ThreadPool | None = None
-        self._next_staged_id = 1
-        # Staged bytes committed since the WAL was last written out, and
-        # whether that is being done (see _staged).
-        self._unflushed = 0
-        self._flushing = False
+        self._staging = UploadStaging(
+            self._engine, reactor, self._write,
+            lambda: self._writer_pool is not None and not self._closing)
         self._pruning: LoopingCall | None = None
         self._small_files = SmallFileCache()
         self._last_change_id = 0
@@ -197,7 +191,7 @@ class StorageService(Service):
         self._last_change_id = state.last_change_id
         self._last_applied = state.last_applied
         self._source_dbid = state.source_dbid
-        self._next_staged_id = state.next_staged_id
+        self._staging.next_id = state.next_staged_id
         if state.staged_discarded:
             log.info("storage {db}: deleted {count} uploads left unfinished",
                      db=str(self.db_path), count=state.staged_discarded)
@@ -430,7 +424,7 @@ class StorageService(Service):
         if staged is not None and staged.owner is self._engine:
             # The put takes the staged content, or deletes it if it fails.
             staged.claimed = True
-            failed = partial(self._discard_staged, staged.staged_id)
+            failed = partial(self._staging.discard, staged.staged_id)
         return self._write(write, stored, failed)
 
     def stage_body(self, length: int, producer,
@@ -449,53 +443,7 @@ class StorageService(Service):
         if (self.replica is not None or self._writer_pool is None or self._closing
                 or length <= self._engine.chunk_size):
             return None
-        staged_id, self._next_staged_id = self._next_staged_id, self._next_staged_id + 1
-        running: dict[str, Digest] = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
-        for algorithm, make in (digests or {}).items():
-            running.setdefault(algorithm, make())
-
-        def store_chunk(staged_id: int, index: int, block: bytes) -> Deferred:
-            d = self._write(self._engine.staged.stage_write(staged_id, index, block), _nothing)
-            return d.addCallback(self._staged, len(block))
-
-        def read_chunk(staged_id: int, index: int) -> bytes:
-            return self._engine.read_chunk(content_key(staged_id), index)
-
-        return StagedBody(self._engine, staged_id, length, self._engine.chunk_size, running,
-                          self._digest_pool, self._reactor, producer, store_chunk, read_chunk,
-                          self._discard_staged)
-
-    def _staged(self, result: None, size: int) -> None:
-        """
-        A staged chunk is committed (without an fsync): every
-        L{WAL_FLUSH_BYTES} of them, have the kernel write the WAL out in
-        a pool thread, so that the fsync of the put that takes them does
-        not write the whole body on the upload's time.
-        """
-        self._unflushed += size
-        if self._unflushed < WAL_FLUSH_BYTES or self._flushing or self._digest_pool is None:
-            return
-        self._unflushed, self._flushing = 0, True
-
-        def flushed(result: object) -> None:
-            self._flushing = False
-
-        d = deferToThreadPool(self._reactor, self._digest_pool, self._engine.flush_wal)
-        d.addErrback(lambda failure: log.failure("storage {db}: writing the WAL out failed",
-                                                 failure, db=str(self.db_path)))
-        d.addBoth(flushed)
-
-    def _discard_staged(self, staged_id: int) -> None:
-        """
-        Delete staged content no put took (after the staging writes
-        queued before); what a stopped service cannot delete, the next
-        start does.
-        """
-        if self._writer_pool is None or self._closing:
-            return
-        self._write(self._engine.staged.discard_write(staged_id), _nothing).addErrback(
-            lambda failure: log.failure("storage {db}: deleting staged upload {id} failed",
-                                        failure, db=str(self.db_path), id=staged_id))
+        return self._staging.body(length, producer, self._digest_pool, digests)
 
     def delete(self, path: str) -> Deferred:
         if self.replica is not None:
