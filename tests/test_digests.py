@@ -10,9 +10,10 @@ import os
 import threading
 from pathlib import Path
 
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
-from owncdn.digests import QUEUE_BLOCKS, BackgroundDigests, BodyDigests
+from owncdn.digests import QUEUE_BLOCKS, BackgroundDigests, BodyDigests, DigestChain
 from owncdn.errors import NoSuchFile
 from owncdn.s3.checksums import BACKGROUND_AFTER, PayloadDigests, VerifiedBody
 from owncdn.s3.errors import S3Error
@@ -149,6 +150,57 @@ class BodyDigestsTests(SynchronousTestCase):
         self.assertEqual(body.asked, ["md5", "sha256"])
         self.assertEqual(found, {"md5": hashlib.md5(data).digest(),
                                  "sha256": hashlib.sha256(data).digest()})
+
+
+class DigestChainTests(SynchronousTestCase):
+    def pool(self) -> ThreadPool:
+        pool = ThreadPool(0, 2, "test-digests")
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool
+
+    def test_body_hashed_in_the_pool(self):
+        """With a pool, a big body's digests are computed in its threads, the same as hashlib's."""
+        data = os.urandom(5 * BLOCK)
+        with BodyDigests(io.BytesIO(), ("md5", "sha256"), self.pool()) as digests:
+            for start in range(0, len(data), BLOCK):
+                digests.update(data[start:start + BLOCK])
+            self.assertEqual(digest_threads(), [])
+            found = digests.finish()
+        self.assertEqual(found, {"md5": hashlib.md5(data).digest(),
+                                 "sha256": hashlib.sha256(data).digest()})
+
+    def test_update_waits_at_the_limit(self):
+        """A bounded chain lets the caller get at most limit blocks ahead of the hashing."""
+        gate = Gate()
+        chain = DigestChain(gate, self.pool(), limit=QUEUE_BLOCKS)
+        chain.update(b"0")
+        self.assertTrue(gate.entered.wait(10))
+        for n in range(1, QUEUE_BLOCKS + 1):
+            chain.update(b"%d" % n)
+        passed = threading.Event()
+
+        def one_more():
+            chain.update(b"x")
+            passed.set()
+
+        waiting = threading.Thread(target=one_more)
+        waiting.start()
+        # It cannot get past update while the gate holds the job.
+        self.assertFalse(passed.is_set())
+        gate.open.set()
+        waiting.join(10)
+        self.assertFalse(waiting.is_alive())
+        self.assertTrue(chain.wait(10))
+        self.assertEqual(gate.digest(), b"012x")
+
+    def test_failure_raised_by_wait(self):
+        """What a digest raised comes out of wait, and the chain still takes every block."""
+        chain = DigestChain(Exploding(), self.pool(), limit=1)
+        for _ in range(4):
+            chain.update(b"block")
+        self.assertRaises(ValueError, chain.wait, 10)
+        self.assertEqual(chain.hashed, 4)
 
 
 class SignedPayloadStoreTests(SynchronousTestCase):

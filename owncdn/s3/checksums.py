@@ -33,6 +33,8 @@ ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 CHECKSUM_PREFIX = "x-amz-checksum-"
 # How much a "read everything" call pulls at a time.
 _BLOCK = 1 << 16
+# How much check_staged reads back at a time (a staged chunk).
+STAGED_READ = 1 << 20
 # A payload read in blocks of at least BACKGROUND_BLOCK is hashed in a
 # thread of its own once BACKGROUND_AFTER bytes have gone by, so that the
 # thread storing it only reads and writes (owncdn.digests).
@@ -167,6 +169,26 @@ class PayloadDigests:
             return
         for running in self._running.values():
             running.update(data)
+
+    def algorithms(self) -> list[str]:
+        """
+        The algorithms computed (all but trailer checksums are known
+        from the headers).
+        """
+        return list(self._running)
+
+    def adopt(self, digests: Mapping[str, Checksum]) -> bool:
+        """
+        Take finished digests of the whole payload, computed elsewhere
+        (as a staged body arrived), instead of computing them here.
+
+        @return: whether C{digests} held every algorithm needed; if not,
+            nothing was taken.
+        """
+        if not set(self._running) <= set(digests):
+            return False
+        self._running = {algorithm: digests[algorithm] for algorithm in self._running}
+        return True
 
     def abandon(self) -> None:
         """
@@ -307,3 +329,32 @@ class VerifiedBody(CheckedReader):
 
     def _finish(self) -> None:
         self._digests.verify()
+
+    def staged_content(self):
+        """
+        The staged content the body was stored as while it arrived, if
+        it was (L{owncdn.storage.staging}): a plain body is the payload
+        unchanged.
+        """
+        offer = getattr(self._raw, "staged_content", None)
+        return None if offer is None else offer()
+
+    def check_staged(self, digests: Mapping[str, Checksum]) -> None:
+        """
+        Check a staged payload, stored without being read through this
+        reader, with the digests computed as it arrived; one that was
+        not computed then is computed now by reading the payload back.
+
+        @raise S3Error: as L{read} would at the end of the payload.
+        """
+        if not self._digests.adopt(digests):
+            while self.read(STAGED_READ):
+                pass
+            return
+        try:
+            self._finish()
+        except S3Error as error:
+            self._error = error
+            raise
+        finally:
+            self._done = True

@@ -16,8 +16,9 @@ hop.
 
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from owncdn.digests import Digest
 from owncdn.errors import ReadOnlyReplica
 from owncdn.interfaces import (
     Change,
@@ -46,7 +48,9 @@ from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.changelog import info_from_change
 from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
+from owncdn.services.staging import StagedBody, UploadStaging
 from owncdn.storage.smallfiles import SmallFileCache
+from owncdn.storage.staging import staged_of
 from owncdn.threads import wait_in_pool
 
 log = Logger()
@@ -65,7 +69,14 @@ MIN_PRUNE_INTERVAL = 60.0
 # waiting long for the reactor to hear of the first.
 BATCH_WRITES = 64
 
+# Threads hashing big bodies beside the thread that stores them: one
+# per digest of an upload, a few uploads side by side (and writing the
+# WAL out behind staged uploads, see owncdn.services.staging).
+DIGEST_THREADS = 4
+
 ChangeListener = Callable[[Change], object]
+
+
 
 
 @dataclass
@@ -81,6 +92,7 @@ class _Queued:
     write: Write
     done: Callable[[object], object]
     deferred: Deferred
+    failed: Callable[[], object] | None = None
 
 
 def prune_interval(keep_versions: bool | float) -> float | None:
@@ -123,6 +135,10 @@ class StorageService(Service):
         self._lock = FileLock(Path(f"{self.db_path}.lock"))
         self._writer_pool: ThreadPool | None = None
         self._reader_pool: ThreadPool | None = None
+        self._digest_pool: ThreadPool | None = None
+        self._staging = UploadStaging(
+            self._engine, reactor, self._write,
+            lambda: self._writer_pool is not None and not self._closing)
         self._pruning: LoopingCall | None = None
         self._small_files = SmallFileCache()
         self._last_change_id = 0
@@ -175,8 +191,15 @@ class StorageService(Service):
         self._last_change_id = state.last_change_id
         self._last_applied = state.last_applied
         self._source_dbid = state.source_dbid
+        self._staging.next_id = state.next_staged_id
+        if state.staged_discarded:
+            log.info("storage {db}: deleted {count} uploads left unfinished",
+                     db=str(self.db_path), count=state.staged_discarded)
         self._reader_pool = self._make_pool(0, READER_THREADS, f"storage-{name}-readers")
         self._reader_pool.start()
+        self._digest_pool = self._make_pool(0, DIGEST_THREADS, f"storage-{name}-digests")
+        self._digest_pool.start()
+        self._engine.digest_pool = self._digest_pool
         log.info("storage {db} open at change {last}", db=str(self.db_path),
                  last=state.last_change_id)
         interval = prune_interval(self.keep_versions)
@@ -200,6 +223,7 @@ class StorageService(Service):
         writer = self._writer_pool
         if writer is None or self._closing:
             if writer is None:
+                self._stop_digests()
                 self._lock.release()
             return succeed(None)
         self._closing = True
@@ -210,6 +234,7 @@ class StorageService(Service):
             self._writer_pool = None
             self._closing = False
             writer.stop()
+            self._stop_digests()
             self._lock.release()
             return result
 
@@ -217,23 +242,36 @@ class StorageService(Service):
 
     # Threads
 
+    def _stop_digests(self) -> None:
+        # After the queued writes: a staged upload's put waits for its
+        # digests.
+        digests, self._digest_pool = self._digest_pool, None
+        self._engine.digest_pool = None
+        if digests is not None:
+            digests.stop()
+
     def _in_writer(self, work: Callable, *args) -> Deferred:
         if self._writer_pool is None or self._closing:
             return fail(StorageClosed(f"{self.db_path} is not running"))
         return deferToThreadPool(self._reactor, self._writer_pool, work, *args)
 
-    def _write(self, write: Write, done: Callable[[object], object]) -> Deferred:
+    def _write(self, write: Write, done: Callable[[object], object],
+               failed: Callable[[], object] | None = None) -> Deferred:
         """
         Queue C{write} for the writer thread.
 
+        @param failed: called on the reactor thread if the write fails
+            (also when the caller has stopped waiting for it).
         @return: a Deferred that fires with what C{done} makes of the
             write's result once its transaction has committed, or fails
             with the write's own error.
         """
         if self._writer_pool is None or self._closing:
+            if failed is not None:
+                failed()
             return fail(StorageClosed(f"{self.db_path} is not running"))
         d = Deferred()
-        self._queue.append(_Queued(write, done, d))
+        self._queue.append(_Queued(write, done, d, failed))
         self._next_batch()
         return d
 
@@ -281,6 +319,8 @@ class StorageService(Service):
                     success, result = False, Failure()
             elif not isinstance(result, Failure):
                 result = Failure(result)
+            if not success and queued.failed is not None:
+                queued.failed()
             answers.append((queued.deferred, success, result))
         for d, success, result in answers:
             if success:
@@ -379,7 +419,31 @@ class StorageService(Service):
             self._committed(change, loaded)
             return loaded.stored.info
 
-        return self._write(write, stored)
+        failed = None
+        staged = staged_of(body)
+        if staged is not None and staged.owner is self._engine:
+            # The put takes the staged content, or deletes it if it fails.
+            staged.claimed = True
+            failed = partial(self._staging.discard, staged.staged_id)
+        return self._write(write, stored, failed)
+
+    def stage_body(self, length: int, producer,
+                   digests: Mapping[str, Callable[[], Digest]] | None = None) -> StagedBody | None:
+        """
+        A body to write an upload of C{length} bytes into as it arrives,
+        for a L{put} of this service to take (L{owncdn.storage.staging});
+        C{None} when it is not worth it (one chunk or less) or the
+        service takes no writes.
+
+        @param producer: the connection it arrives on, paused while
+            storing and hashing lag behind.
+        @param digests: running digests to compute besides MD5 and
+            SHA-256, by algorithm (those the body reader will check).
+        """
+        if (self.replica is not None or self._writer_pool is None or self._closing
+                or length <= self._engine.chunk_size):
+            return None
+        return self._staging.body(length, producer, self._digest_pool, digests)
 
     def delete(self, path: str) -> Deferred:
         if self.replica is not None:

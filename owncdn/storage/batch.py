@@ -21,6 +21,7 @@ in front of it wait for its bytes.  docs/storage.md has the figures.
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -45,10 +46,20 @@ class Write:
         because its first chunk was read ahead); returns what the caller
         gets once the transaction committed.
     @ivar body: the content it stores, C{None} for writes without.
+    @ivar durable: whether its commit must reach the disk before it is
+        answered.  Only writes nobody is told about may say no (a
+        staged upload's chunks: the put that takes them commits with
+        an fsync of the WAL, which covers them too); a transaction of
+        such writes alone commits without an fsync.
+    @ivar big: its content is known to be more than a chunk (an upload
+        stored as it arrived), so it gets a transaction of its own
+        without its body being read ahead.
     """
 
     make: Callable[[sqlite3.Connection, BinaryIO | None], object]
     body: BinaryIO | None = None
+    durable: bool = True
+    big: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,53 @@ class WriteFailed(Exception):
         self.error = error
 
 
+# Opens the writer's transaction: a context manager that gives the
+# connection and commits on leaving (rolls back on an exception).
+Begin = Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+
+def write_batch(begin: Begin, writes: Sequence[Write], chunk_size: int,
+                committed: Callable[[list[Outcome]], object],
+                fsync_commits: Callable[[bool], object]) -> None:
+    """
+    Make C{writes} in order, in the transactions L{groups} splits them
+    into; see L{owncdn.storage.engine.StorageEngine.write_batch}.
+
+    @param fsync_commits: turns the fsync of the next commits off
+        (C{False}) for a transaction of writes that are not
+        C{durable}, and back on (C{True}) after it.
+    """
+    for group in groups(writes, chunk_size):
+        if any(ready.write.durable for ready in group):
+            committed(_make_transaction(begin, group))
+            continue
+        fsync_commits(False)
+        try:
+            outcomes = _make_transaction(begin, group)
+        finally:
+            fsync_commits(True)
+        committed(outcomes)
+
+
+def _make_transaction(begin: Begin, group: list[_Ready]) -> list[Outcome]:
+    # Without savepoints first; with them only when a write failed.  A
+    # write alone needs none.
+    try:
+        with begin() as conn:
+            return make_group(conn, group, isolated=False)
+    except WriteFailed as failed:
+        if len(group) == 1:
+            return [(False, failed.error)]
+    except Exception as error:
+        return [(False, error)] * len(group)
+    rewind(group)
+    try:
+        with begin() as conn:
+            return make_group(conn, group, isolated=True)
+    except Exception as error:
+        return [(False, error)] * len(group)
+
+
 def groups(writes: Sequence[Write], chunk_size: int,
            group_bytes: int = GROUP_BYTES) -> Iterator[list[_Ready]]:
     """
@@ -84,7 +142,12 @@ def groups(writes: Sequence[Write], chunk_size: int,
     size = 0
     for write in writes:
         try:
-            body, length = (None, 0) if write.body is None else first_chunk(write.body, chunk_size)
+            if write.body is None:
+                body, length = None, 0
+            elif write.big:
+                body, length = write.body, None
+            else:
+                body, length = first_chunk(write.body, chunk_size)
         except Exception as error:
             group.append(_Ready(write, None, error))
             continue

@@ -73,17 +73,20 @@ def write_transaction(conn: sqlite3.Connection):
 
 
 def record_change(conn: sqlite3.Connection, change: Change, chunk_size: int,
-                  pruned: bool = False) -> None:
+                  pruned: bool = False, content_id: int | None = None) -> None:
     """
     Insert C{change} into the log and make it the current state of its
     path.  A pruned put (content gone) leaves the path without a live
     file, like a delete does.
+
+    @param content_id: the key its chunks are stored under when that is
+        not the change's own ID (staged content, L{owncdn.storage.staging}).
     """
     conn.execute(
         "UPDATE changes SET superseded = ? WHERE superseded IS NULL AND path = ?",
         (change.time, change.path),
     )
-    _insert(conn, change, chunk_size, None, pruned)
+    _insert(conn, change, chunk_size, None, pruned, content_id)
     if change.op == "put" and not pruned:
         conn.execute(
             "INSERT OR REPLACE INTO files (path, change_id) VALUES (?, ?)",
@@ -119,7 +122,7 @@ def record_purge(conn: sqlite3.Connection, change: Change, chunk_size: int) -> C
     target = change_from_row(row)
     conn.execute("UPDATE changes SET pruned = 1, superseded = coalesce(superseded, ?)"
                  " WHERE id = ?", (change.time, target.id))
-    conn.execute("DELETE FROM chunks WHERE change_id = ?", (target.id,))
+    delete_content(conn, target.id)
     if row[10]:
         newest = conn.execute(
             "SELECT id, op FROM changes WHERE path = ? AND op != 'purge' AND pruned = 0"
@@ -137,7 +140,7 @@ def record_purge(conn: sqlite3.Connection, change: Change, chunk_size: int) -> C
 
 
 def _insert(conn: sqlite3.Connection, change: Change, chunk_size: int,
-            superseded: float | None, pruned: bool) -> None:
+            superseded: float | None, pruned: bool, content_id: int | None = None) -> None:
     conn.execute(
         "INSERT INTO changes (id, time, op, path, version, size, etag, sha256,"
         " content_type, metadata, chunk_size, superseded, pruned)"
@@ -146,6 +149,18 @@ def _insert(conn: sqlite3.Connection, change: Change, chunk_size: int,
          change.size, change.etag, change.sha256, change.content_type,
          json.dumps(change.metadata, sort_keys=True), chunk_size, superseded, pruned),
     )
+    if content_id is not None:
+        conn.execute("UPDATE changes SET content_id = ? WHERE id = ?", (content_id, change.id))
+
+
+def delete_content(conn: sqlite3.Connection, change_id: int) -> None:
+    """
+    Delete the chunks of change C{change_id}'s version, wherever they
+    are stored (its own ID, or the staged content it points to).
+    """
+    conn.execute(
+        "DELETE FROM chunks WHERE change_id ="
+        " (SELECT coalesce(content_id, id) FROM changes WHERE id = ?)", (change_id,))
 
 
 def next_change_id(conn: sqlite3.Connection) -> int:

@@ -12,6 +12,7 @@ waiting together share (L{owncdn.storage.batch}), so a crash at any
 point leaves either the whole version or nothing.
 """
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +30,13 @@ from owncdn.storage import (
     purge_change,
     version_id,
 )
-from owncdn.storage.batch import Outcome, Write, WriteFailed, groups, make_group, rewind
+from owncdn.storage import staging
+from owncdn.storage import batch
+from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.changelog import (
     CHANGE_COLUMNS,
     change_from_row,
+    delete_content,
     info_from_change,
     info_from_row,
     last_change_id,
@@ -45,7 +49,7 @@ from owncdn.storage.changelog import (
 )
 from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk, read_blocks
 from owncdn.storage.connection import ReaderConnections
-from owncdn.storage.schema import connect_writer
+from owncdn.storage.schema import SYNCHRONOUS, connect_writer
 
 # The version columns, whether the version is the newest of its path,
 # and (for single-chunk files) how chunk 0 is stored.  length() of a
@@ -53,9 +57,10 @@ from owncdn.storage.schema import connect_writer
 _OPEN_VERSION = f"""
     SELECT {CHANGE_COLUMNS}, c.chunk_size, c.pruned, c.superseded IS NULL,
            k.compressed, length(k.data),
-           CASE WHEN c.size <= :small THEN k.data END
+           CASE WHEN c.size <= :small THEN k.data END, coalesce(c.content_id, c.id)
     FROM changes c
-    LEFT JOIN chunks k ON k.change_id = c.id AND k.idx = 0 AND c.size <= c.chunk_size
+    LEFT JOIN chunks k ON k.change_id = coalesce(c.content_id, c.id) AND k.idx = 0
+        AND c.size <= c.chunk_size
 """
 
 
@@ -82,6 +87,9 @@ class StoredVersion:
     """
     Where one version's content lives.
 
+    @ivar change_id: the key its chunks are stored under: the ID of the
+        change that made it, or of the staged content it was stored as
+        (L{owncdn.storage.staging}).
     @ivar br_size: the stored size of the content when it is one chunk
         kept Brotli-compressed (a complete C{br} stream), else C{None}.
     """
@@ -136,6 +144,8 @@ class DatabaseState:
     last_change_id: int
     last_applied: int
     source_dbid: str | None
+    next_staged_id: int = 1
+    staged_discarded: int = 0
 
 
 @dataclass
@@ -170,12 +180,24 @@ class StorageEngine:
         self._readers = ReaderConnections(self.db_path)
         # A big write committed without checkpointing (see BIG_WRITE).
         self.checkpoint_due = False
+        # The thread pool that hashes big bodies beside the writer (the
+        # service's; without one, BodyDigests starts threads).
+        self.digest_pool = None
+        # Uploads stored as they arrive (owncdn.storage.staging).
+        self.staged = staging.StagedUploads(self._defer_checkpoint)
 
     def open(self) -> DatabaseState:
         """
         Create or upgrade the database and open the writer connection.
         """
         conn = connect_writer(self.db_path)
+        try:
+            # No upload is in progress yet: staged content is a crash's.
+            with write_transaction(conn):
+                discarded = staging.discard_all(conn)
+        except BaseException:
+            conn.close()
+            raise
         self.dbid = read_meta(conn, "dbid")
         self._writer = conn
         return DatabaseState(
@@ -183,6 +205,8 @@ class StorageEngine:
             last_change_id=last_change_id(conn),
             last_applied=int(read_meta(conn, "last_applied") or 0),
             source_dbid=read_meta(conn, "source_dbid"),
+            next_staged_id=staging.next_staged_id(conn),
+            staged_discarded=discarded,
         )
 
     def close(self) -> None:
@@ -208,9 +232,28 @@ class StorageEngine:
         """
         if not self.checkpoint_due or self._writer is None:
             return
+        if self.staged.hold_checkpoint():
+            return
         self.checkpoint_due = False
+        self.staged.checkpointed()
         self._writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def flush_wal(self) -> None:
+        """
+        Have the WAL's data written to the disk now (C{fdatasync}), from
+        any thread: the writes committed without an fsync (staged
+        chunks) then cost the next commit's fsync little.  Durability
+        does not depend on it.
+        """
+        try:
+            fd = os.open(f"{self.db_path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _reader(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -232,26 +275,11 @@ class StorageEngine:
             When a commit fails, each of its writes fails with that
             error.
         """
-        for group in groups(writes, self.chunk_size):
-            committed(self._make_group(group))
+        batch.write_batch(self._writing, writes, self.chunk_size, committed, self._fsync_commits)
 
-    def _make_group(self, group) -> list[Outcome]:
-        # Without savepoints first; with them only when a write failed
-        # (see owncdn.storage.batch).  A write alone needs none.
-        try:
-            with self._writing() as conn:
-                return make_group(conn, group, isolated=False)
-        except WriteFailed as failed:
-            if len(group) == 1:
-                return [(False, failed.error)]
-        except Exception as error:
-            return [(False, error)] * len(group)
-        rewind(group)
-        try:
-            with self._writing() as conn:
-                return make_group(conn, group, isolated=True)
-        except Exception as error:
-            return [(False, error)] * len(group)
+    def _fsync_commits(self, fsync: bool) -> None:
+        if self._writer is not None:
+            self._writer.execute(f"PRAGMA synchronous = {SYNCHRONOUS if fsync else 'NORMAL'}")
 
     def write(self, write: Write):
         """
@@ -279,7 +307,16 @@ class StorageEngine:
         """
         def make(conn: sqlite3.Connection, body: BinaryIO) -> tuple[Change, LoadedVersion]:
             change_id = next_change_id(conn)
-            content = self._store_content(conn, change_id, body)
+            staged = self._staged_here(body)
+            if staged is None:
+                content_id = None
+                content = self._store_content(conn, change_id, body)
+            else:
+                content_id = staging.content_key(staged.staged_id)
+                digests = self.staged.take(conn, staged, body)
+                content = _Content(staged.size, digests["md5"].digest(),
+                                   digests["sha256"].digest(), staged.chunk_count,
+                                   None, None, False)
             check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
             change = Change(
                 id=change_id, time=now, op="put", path=path,
@@ -287,10 +324,18 @@ class StorageEngine:
                 etag=content.md5.hex(), sha256=content.sha256.hex(),
                 content_type=content_type, metadata=dict(metadata or {}),
             )
-            record_change(conn, change, self.chunk_size)
+            record_change(conn, change, self.chunk_size, content_id=content_id)
             return change, self._written(change, content)
 
-        return Write(make, body)
+        return Write(make, body, big=self._staged_here(body) is not None)
+
+    def _staged_here(self, body: object) -> staging.StagedContent | None:
+        """
+        The staged content behind C{body} if it was staged in this
+        database; a body staged in another is read like any other.
+        """
+        staged = staging.staged_of(body)
+        return staged if staged is not None and staged.owner is self else None
 
     def put(self, path: str, body: BinaryIO, content_type: str,
             metadata: dict | None, expected_md5: bytes | None,
@@ -414,7 +459,7 @@ class StorageEngine:
         content = _Content(0, b"", b"", 0, None, None, False)
         # A big body is hashed in a thread beside the inserts; a digest
         # the body offers (the S3 layer's) is not computed again.
-        with BodyDigests(body, ("md5", "sha256")) as digests:
+        with BodyDigests(body, ("md5", "sha256"), self.digest_pool) as digests:
             for block in read_blocks(body, self.chunk_size):
                 digests.update(block)
                 stored, compressed = encode_chunk(block)
@@ -434,9 +479,12 @@ class StorageEngine:
             found = digests.finish()
         content.md5, content.sha256 = found["md5"], found["sha256"]
         if content.size > BIG_WRITE:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self.checkpoint_due = True
+            self._defer_checkpoint(conn)
         return content
+
+    def _defer_checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.checkpoint_due = True
 
     def _written(self, change: Change, content: _Content) -> LoadedVersion:
         single_br = content.chunk_count == 1 and content.first_compressed
@@ -475,8 +523,8 @@ class StorageEngine:
                 {"cutoff": cutoff},
             )]
             for change_id in ids:
+                delete_content(conn, change_id)
                 conn.execute("UPDATE changes SET pruned = 1 WHERE id = ?", (change_id,))
-                conn.execute("DELETE FROM chunks WHERE change_id = ?", (change_id,))
         return len(ids)
 
     # Reads: any thread.
@@ -507,11 +555,11 @@ class StorageEngine:
             if row is None or row[11]:  # unknown, or pruned
                 raise NoSuchVersion(f"no version {version!r} of {path!r}")
         change = change_from_row(row)
-        chunk_size, _, current, compressed, stored_size, stored = row[10:]
+        chunk_size, _, current, compressed, stored_size, stored, key = row[10:]
         if change.op == "delete":
             raise DeleteMarkerVersion(f"version {version!r} of {path!r} is a delete marker")
         found = StoredVersion(
-            change_id=change.id, info=info_from_change(change, bool(current)),
+            change_id=key, info=info_from_change(change, bool(current)),
             chunk_size=chunk_size, br_size=stored_size if compressed else None,
         )
         if change.size > self.small_file_limit:

@@ -186,6 +186,10 @@ def _rewind(conn: sqlite3.Connection, to_id: int | None,
     if removed == 0:
         return RewindResult(to_id, 0, read_meta(conn, "dbid"))
     conn.execute("DELETE FROM chunks WHERE change_id > ?", (to_id,))
+    # Content that was staged while it arrived is stored under its own key.
+    conn.execute("DELETE FROM chunks WHERE change_id IN"
+                 " (SELECT content_id FROM changes WHERE id > ? AND content_id IS NOT NULL)",
+                 (to_id,))
     conn.execute("DELETE FROM changes WHERE id > ?", (to_id,))
     for path in paths:
         _restore_current(conn, path, _newest_up_to(conn, path, to_id))

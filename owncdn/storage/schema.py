@@ -156,7 +156,28 @@ def _allow_purge(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changes', ?)", row)
 
 
-MIGRATIONS: Sequence[Migration] = (_create_initial, _allow_purge)
+# Version 3 lets a big upload be stored while it arrives
+# (owncdn/storage/staging.py): its chunks go in, a few at a time, under
+# a staged content ID that no change refers to yet (a negative chunks
+# key, -staged.id), and the put that completes it points its change
+# there (content_id) instead of copying them.  A change without
+# content_id keeps its chunks under its own ID, as before.  staged.id
+# is AUTOINCREMENT so that an ID is never handed out twice: the chunks
+# of completed staged content keep that key for good.
+_STAGING = """
+ALTER TABLE changes ADD COLUMN content_id INTEGER;
+CREATE TABLE staged (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL
+);
+"""
+
+
+def _allow_staging(conn: sqlite3.Connection) -> None:
+    run_script(conn, _STAGING)
+
+
+MIGRATIONS: Sequence[Migration] = (_create_initial, _allow_purge, _allow_staging)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

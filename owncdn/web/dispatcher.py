@@ -10,11 +10,11 @@ from zope.interface import implementer
 from owncdn.web.cors import Preflight
 from owncdn.web.public import PublicBinding, matches_host_port
 from owncdn.web.s3 import S3API
-from owncdn.web.site import IEarlyRefusal, is_s3_request
+from owncdn.web.site import IEarlyRefusal, IUploadStaging, is_s3_request
 from owncdn.web.standard import StandardAPI
 
 
-@implementer(IEarlyRefusal)
+@implementer(IEarlyRefusal, IUploadStaging)
 class Dispatcher(Resource):
     """
     Every child is a leaf that reads the whole C{request.path}, so the
@@ -58,6 +58,12 @@ class Dispatcher(Resource):
     def refuse_early(self, request, method: bytes, target: bytes) -> bytes | None:
         if self._api_child(request) is self.s3:
             return self.s3.refuse_early(request, method, target)
+        return None
+
+    def stage_body(self, request, method: bytes, target: bytes, length: int):
+        child = self._api_child(request)
+        if child is self.s3 or child is self.standard:
+            return child.stage_body(request, method, target, length)
         return None
 
     def getChildWithDefault(self, path, request):

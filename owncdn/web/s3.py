@@ -10,16 +10,20 @@ and C{s3multipart}; C{s3request} is what they share.  See docs/s3.md.
 
 import secrets
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from owncdn.errors import OwnCDNError
+from owncdn.keys import access_level
 from owncdn.s3 import sigv4
+from owncdn.s3.checksums import PayloadDigests, new_checksum
 from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import MultipartStore
 from owncdn.web import s3buckets, s3multipart, s3objects
 from owncdn.web.handler import AsyncResource
 from owncdn.web.s3request import (
-    S3Call, decode, decode_lenient, parse_query, s3_error, s3_error_response, send_s3_error,
+    NOT_BUCKETS, S3Call, decode, decode_lenient, parse_query, s3_error, s3_error_response,
+    send_s3_error,
 )
 
 # In the data folder: multipart uploads in progress.
@@ -144,6 +148,43 @@ class S3API(AsyncResource):
             path = target.partition(b"?")[0]
             return s3_error_response(error, secrets.token_hex(8).upper(), decode_lenient(path))
         return None
+
+    def stage_body(self, request, method: bytes, target: bytes, length: int):
+        """
+        For a PutObject with a plain (not C{aws-chunked}) body, signed by
+        a key that may write the bucket, the bucket's staged body: the
+        object is stored while it arrives (L{owncdn.storage.staging}),
+        its digests computed on the way in.  Anything else, or any
+        doubt, is spooled as usual (C{None}); L{handle} checks
+        everything again once the body is in.
+        """
+        path, _, query = target.partition(b"?")
+        if method != b"PUT" or query not in (b"", b"x-id=PutObject"):
+            return None
+        headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())
+        if "x-amz-copy-source" in headers:
+            return None
+        try:
+            auth = sigv4.verify_request("PUT", target, headers, self._lookup_secret,
+                                        self.state.clock.seconds())
+            bucket, key = split_path(path)
+            form = auth.content_sha256
+            if form in sigv4.STREAMING_FORMS or bucket is None or key is None:
+                return None
+            signed = None if form == sigv4.UNSIGNED_PAYLOAD else form
+            algorithms = PayloadDigests.from_headers(headers, signed).algorithms()
+        except S3Error:
+            return None
+        config = self.state.config.service(bucket)
+        if (config is None or config.type in NOT_BUCKETS or config.options.get("replica")
+                or bucket not in self.state.registry
+                or access_level(self.state.keys.by_id(auth.access_key_id), bucket) != "write"):
+            return None
+        stage = getattr(self.state.registry.get(bucket), "stage_body", None)
+        if stage is None:
+            return None
+        return stage(length, request.channel.transport,
+                     {algorithm: partial(new_checksum, algorithm) for algorithm in algorithms})
 
     def _authenticate(self, request, request_id: str) -> S3Call:
         headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())

@@ -161,6 +161,29 @@ class IEarlyRefusal(Interface):
         """
 
 
+class IUploadStaging(Interface):
+    """
+    A root resource that can have a big upload stored while it arrives
+    (L{owncdn.storage.staging}) instead of spooled to a file first.
+    L{OwnCDNRequest} asks it once the head of a request whose body is
+    over L{SPOOL_THRESHOLD} is in and was not refused.
+    """
+
+    def stage_body(request, method, target, length):
+        """
+        Where the body of an upload goes as it arrives.
+
+        @param request: the request, with its headers and channel (as
+            for L{IEarlyRefusal.refuse_early}).
+        @param method: the request method as sent (C{bytes}).
+        @param target: the request target as sent (C{bytes}).
+        @param length: the body's length.
+        @return: the object the body is written to, which becomes the
+            request's C{content} (a staged body of the storage service
+            the upload is for), or C{None} to spool the body as usual.
+        """
+
+
 class OwnCDNRequest(server.Request):
     """
     A request whose body is capped as it arrives and lands where
@@ -189,7 +212,23 @@ class OwnCDNRequest(server.Request):
         if length is not None and length > SPOOL_THRESHOLD:
             self._read_size_raised = True
             self._set_read_size(SPOOL_READ_SIZE)
+            staged = self._staged_body(length)
+            if staged is not None:
+                self.content = staged
+                return
         super().gotLength(length)
+
+    def _staged_body(self, length: int):
+        root = self.channel.site.resource
+        if not IUploadStaging.providedBy(root):
+            return None
+        channel = self.channel
+        try:
+            return root.stage_body(self, channel._command, channel._path, length)
+        except Exception:
+            # Staging is an optimisation: on a bug, spool the body.
+            log.failure("staging the body of {uri!r} failed", uri=channel._path)
+            return None
 
     def _set_read_size(self, size: int | None) -> None:
         """

@@ -21,6 +21,7 @@ from owncdn.paths import normalize_path
 from owncdn.web.fileresponse import send_file
 from owncdn.web.handler import AsyncResource
 from owncdn.web.reqlog import rfc3339
+from owncdn.web.site import parse_query
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 DEFAULT_LIST_LIMIT = 1000
@@ -309,6 +310,28 @@ class StandardAPI(AsyncResource):
                     raise errors.NotSupported(f"{name} is not offered by service {call.sid!r}")
                 call.service = self.state.registry.get(call.sid)
         await function.run(call)
+
+    def stage_body(self, request, method: bytes, target: bytes, length: int):
+        """
+        For an C{uploadfile} by a key that may write the service, the
+        service's staged body: the file is stored while it arrives
+        (L{owncdn.storage.staging}).  Anything else is spooled as usual
+        (C{None}); L{handle} checks everything again once the body is in.
+        """
+        path, _, query = target.partition(b"?")
+        if path != b"/uploadfile" or method not in (b"PUT", b"POST"):
+            return None
+        sids = parse_query(query).get(b"sid", [])
+        sid = sids[0].decode("utf-8", "replace") if len(sids) == 1 else ""
+        try:
+            key = self.state.keys.by_value(request.getHeader(b"x-owncdn-key"))
+        except errors.InvalidKey:
+            return None
+        if (sid not in self._service_ids or sid not in self.state.registry
+                or access_level(key, sid) != "write"):
+            return None
+        stage = getattr(self.state.registry.get(sid), "stage_body", None)
+        return None if stage is None else stage(length, request.channel.transport)
 
     def _send_openapi(self, request):
         body = self._openapi
