@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -428,6 +429,20 @@ class MalformedHeadTests(SiteTestMixin, SynchronousTestCase):
         self.assertEqual(status_of(transport), b"HTTP/1.1 500 Internal Server Error")
         self.assertEqual(json.loads(body_of(transport))["error"]["code"], "InternalError")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_logged_error_leaves_out_the_query(self):
+        """The log of a failed request names its path, never its query (a presigned signature)."""
+        self.make_site(resource=Broken())
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        channel, transport = self.connect()
+        channel.dataReceived(head(path=b"/bucket/key?X-Amz-Signature=c0ffee"))
+        self.assertEqual(status_of(transport), b"HTTP/1.1 500 Internal Server Error")
+        self.flushLoggedErrors(RuntimeError)
+        text = "\n".join(formatEvent(event) for event in events)
+        self.assertIn("/bucket/key", text)
+        self.assertNotIn("c0ffee", text)
 
 
 class HeadDeadlineTests(SiteTestMixin, SynchronousTestCase):

@@ -161,6 +161,15 @@ class IEarlyRefusal(Interface):
         """
 
 
+def loggable(target: bytes) -> bytes:
+    """
+    A request target as it may be logged: its path, never its query (the
+    query of a presigned URL carries its signature, usable by whoever
+    reads it until it expires).
+    """
+    return target.partition(b"?")[0]
+
+
 class IUploadStaging(Interface):
     """
     A root resource that can have a big upload stored while it arrives
@@ -227,7 +236,7 @@ class OwnCDNRequest(server.Request):
             return root.stage_body(self, channel._command, channel._path, length)
         except Exception:
             # Staging is an optimisation: on a bug, spool the body.
-            log.failure("staging the body of {uri!r} failed", uri=channel._path)
+            log.failure("staging the body of {path!r} failed", path=loggable(channel._path))
             return None
 
     def _set_read_size(self, size: int | None) -> None:
@@ -267,7 +276,7 @@ class OwnCDNRequest(server.Request):
         except Exception:
             # A refusal is an optimisation: on a bug, read the body and
             # let the resource answer.
-            log.failure("refusing {uri!r} from its head failed", uri=channel._path)
+            log.failure("refusing {path!r} from its head failed", path=loggable(channel._path))
             return None
 
     def handleContentChunk(self, data):
@@ -346,7 +355,7 @@ class OwnCDNRequest(server.Request):
             channel._flush_head()
 
     def processingFailed(self, reason):
-        log.failure("unhandled error in {uri}", reason, uri=self.uri)
+        log.failure("unhandled error in {path!r}", reason, path=loggable(self.uri))
         if self.finished or self._disconnected:
             return
         if self.startedWriting:
