@@ -718,3 +718,32 @@ class RefusalTests(SynchronousTestCase):
         hits = sigv4.signing_key.cache_info().hits
         self.verify(headers)
         self.assertEqual(sigv4.signing_key.cache_info().hits, hits + 1)
+
+    def test_cached_key_wrong_secret(self):
+        """
+        With the right secret's derived key cached, a request signed with
+        a wrong secret for the same key ID, day, region and service is
+        still SignatureDoesNotMatch.
+        """
+        good = self.sign({"x-amz-date": "20130524T000000Z"})
+        self.verify(good)
+        forged = dict(good)
+        canonical = sigv4.canonical_request("GET", b"/media/k", b"", good, sorted(
+            name for name in good if name != "authorization"), sigv4.UNSIGNED_PAYLOAD)
+        to_sign = sigv4.string_to_sign("20130524T000000Z", "20130524/us-east-1/s3/aws4_request", canonical)
+        wrong = sigv4.sign(sigv4.signing_key("not-the-secret", "20130524", "us-east-1", "s3"), to_sign)
+        forged["authorization"] = good["authorization"].rsplit("=", 1)[0] + "=" + wrong
+        self.assert_refused("SignatureDoesNotMatch", forged)
+        self.verify(good)
+
+    def test_cached_key_changed_secret(self):
+        """
+        Once a key's secret changes (a SIGHUP reload), a request signed
+        with the old secret is SignatureDoesNotMatch although the old
+        secret's derived key is cached.
+        """
+        headers = self.sign({"x-amz-date": "20130524T000000Z"})
+        self.verify(headers)
+        error = self.assertRaises(S3Error, sigv4.verify_request, "GET", b"/media/k", headers,
+                                  lookup({KEY_ID: "the-new-secret"}), EXAMPLE_NOW)
+        self.assertEqual(error.code, "SignatureDoesNotMatch")

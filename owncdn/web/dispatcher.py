@@ -47,7 +47,8 @@ class Dispatcher(Resource):
         The child that answers a request on the api host and port, if any.
         """
         if matches_host_port(request, self.api_host, self.api_port):
-            if request.requestHeaders.hasHeader(b"x-owncdn-key"):
+            # Names are stored in their canonical form (the channel).
+            if b"X-Owncdn-Key" in request.requestHeaders._rawHeaders:
                 return self.standard
             if is_s3_request(request):
                 return self.s3

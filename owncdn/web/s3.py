@@ -21,6 +21,7 @@ from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import MultipartStore
 from owncdn.web import s3buckets, s3multipart, s3objects
 from owncdn.web.handler import AsyncResource
+from owncdn.web.site import put_headers
 from owncdn.web.s3request import (
     NOT_BUCKETS, S3Call, decode, decode_lenient, parse_query, s3_error, s3_error_response,
     send_s3_error,
@@ -123,7 +124,7 @@ class S3API(AsyncResource):
     async def handle(self, request) -> None:
         request.logged_service = "api"
         request_id = secrets.token_hex(8).upper()
-        request.setHeader(b"x-amz-request-id", request_id.encode())
+        put_headers(request, ((b"X-Amz-Request-Id", request_id.encode()),))
         try:
             call = self._authenticate(request, request_id)
             action = route(request.method, call.bucket, call.key, call.query)

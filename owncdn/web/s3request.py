@@ -25,6 +25,7 @@ from owncdn.s3.checksums import CheckedReader
 from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import MultipartStore
 from owncdn.s3.sigv4 import VerifiedRequest
+from owncdn.web.site import put_headers
 
 # Service types that are web entry points, not buckets.
 NOT_BUCKETS = ("api", "public")
@@ -236,7 +237,7 @@ class S3Call:
         for name, value in (headers or {}).items():
             request.setHeader(name, value)
         if status != 204:
-            request.setHeader(b"content-length", b"0")
+            put_headers(request, ((b"Content-Length", b"0"),))
         request.finish()
 
 

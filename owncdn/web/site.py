@@ -261,7 +261,8 @@ class OwnCDNRequest(server.Request):
         """
         if length == 0:
             return False
-        expect = self.requestHeaders.getRawHeaders(b"expect", [b""])[0]
+        # The channel stores names in their canonical form.
+        expect = self.requestHeaders._rawHeaders.get(b"Expect", (b"",))[0]
         return length is None or length > SPOOL_THRESHOLD or expect.lower() == b"100-continue"
 
     def _early_refusal(self) -> bytes | None:
