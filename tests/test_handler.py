@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from owncdn import errors
 from owncdn.web.handler import AsyncResource
+from tests.util import logged_text
 from owncdn.web.site import OwnCDNSite
 
 
@@ -111,6 +112,17 @@ class AsyncResourceTests(SynchronousTestCase):
         self.channel.dataReceived(REQUEST)
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 500 "))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_bug_logged_without_query(self):
+        """The log of a bug names the request's path, never its query (a presigned signature)."""
+        logged = logged_text(self)
+        self.resource.fail_before = RuntimeError("a bug")
+        self.channel.dataReceived(REQUEST.replace(b"/x", b"/x?X-Amz-Signature=c0ffee"))
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 500 "))
+        self.flushLoggedErrors(RuntimeError)
+        text = logged()
+        self.assertIn("/x", text)
+        self.assertNotIn("c0ffee", text)
 
 
 class Pieces:

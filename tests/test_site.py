@@ -12,7 +12,6 @@ from pathlib import Path
 
 from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -21,6 +20,7 @@ from zope.interface import implementer
 from owncdn.web import channel as channelmod
 from owncdn.web import site as sitemod
 from owncdn.web.site import SPOOL_READ_SIZE, SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
+from tests.util import logged_text
 
 LIMIT = 3 * 1024 * 1024
 TIMEOUT = 30
@@ -433,14 +433,12 @@ class MalformedHeadTests(SiteTestMixin, SynchronousTestCase):
     def test_logged_error_leaves_out_the_query(self):
         """The log of a failed request names its path, never its query (a presigned signature)."""
         self.make_site(resource=Broken())
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logged = logged_text(self)
         channel, transport = self.connect()
         channel.dataReceived(head(path=b"/bucket/key?X-Amz-Signature=c0ffee"))
         self.assertEqual(status_of(transport), b"HTTP/1.1 500 Internal Server Error")
         self.flushLoggedErrors(RuntimeError)
-        text = "\n".join(formatEvent(event) for event in events)
+        text = logged()
         self.assertIn("/bucket/key", text)
         self.assertNotIn("c0ffee", text)
 

@@ -2,7 +2,10 @@
 Small helpers shared by the tests.
 """
 
+from collections.abc import Callable
+
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 
 
 def asynctest(f):
@@ -31,3 +34,14 @@ def read_all(case, body) -> bytes:
             return b"".join(parts)
         parts.append(part)
         offset += len(part)
+
+
+def logged_text(case) -> Callable[[], str]:
+    """
+    Record what is logged from now until C{case} ends; the function
+    returned gives it as formatted text so far.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return lambda: "\n".join(formatEvent(event) for event in events)

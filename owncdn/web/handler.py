@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from owncdn.errors import OwnCDNError
+from owncdn.web.site import loggable
 
 log = Logger()
 
@@ -45,8 +46,8 @@ class AsyncResource(Resource):
             if not request.finished and not request._disconnected:
                 self.send_error(request, error)
         except Exception:
-            log.failure("error answering {method} {uri}",
-                        method=request.method, uri=request.uri)
+            log.failure("error answering {method} {path!r}",
+                        method=request.method, path=loggable(request.uri))
             if not request.finished and not request._disconnected:
                 if request.startedWriting:
                     request.channel.transport.abortConnection()
