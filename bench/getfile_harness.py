@@ -128,9 +128,28 @@ def main() -> None:
             stats = pstats.Stats(profile)
             stats.sort_stats("tottime").print_stats(args.profile)
             stats.sort_stats("cumulative").print_stats(args.profile)
-        stopped = root.stopService()
-        while not stopped.called:
-            reactor.iterate(0.01)
+        stop(root)
+    leave()
+
+
+def stop(root, seconds: float = 10) -> None:
+    """
+    Stop the daemon's services, giving them at most C{seconds}.
+    """
+    stopped = root.stopService()
+    deadline = time.monotonic() + seconds
+    while not stopped.called and time.monotonic() < deadline:
+        reactor.iterate(0.01)
+
+
+def leave() -> None:
+    """
+    End the process.  The daemon's stop does not finish under
+    C{reactor.iterate}, and its writer thread would keep the process
+    alive; the data folder is gone already.
+    """
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, WRITER, write_config  # noqa: E402
-from getfile_harness import connect  # noqa: E402
+from getfile_harness import connect, leave, stop  # noqa: E402
 from s3_load import Account  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.error import ConnectionDone  # noqa: E402
@@ -120,16 +120,9 @@ def main() -> None:
                 stats.sort_stats("tottime").print_stats(args.profile)
                 stats.sort_stats("cumulative").print_stats(args.profile)
         finally:
-            stopped = root.stopService()
-            deadline = time.monotonic() + 10
-            while not stopped.called and time.monotonic() < deadline:
-                reactor.iterate(0.01)
+            stop(root)
+    leave()
 
 
 if __name__ == "__main__":
     main()
-    # The daemon's stop does not finish under reactor.iterate (nor in
-    # getfile_harness.py), and its writer thread would keep the process
-    # alive; the data folder is gone already.
-    sys.stdout.flush()
-    os._exit(0)
