@@ -10,6 +10,7 @@ docs/storage.md.
 """
 
 import io
+import sqlite3
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -86,6 +87,22 @@ def encode_chunk(data: bytes) -> tuple[bytes, bool]:
     if len(packed) <= len(data) - len(data) // MIN_SAVING_FRACTION - 1:
         return packed, True
     return data, False
+
+
+def insert_chunk(conn: sqlite3.Connection, key: int, index: int,
+                 block: bytes) -> tuple[bytes, bool]:
+    """
+    Encode C{block} and insert it as chunk C{index} under C{key} (a
+    change ID, or staged content's key) into a storage database.
+
+    @return: what L{encode_chunk} made of it.
+    """
+    stored, compressed = encode_chunk(block)
+    conn.execute(
+        "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
+        (key, index, compressed, stored),
+    )
+    return stored, compressed
 
 
 def decode_chunk(stored: bytes, compressed: bool) -> bytes:

@@ -47,7 +47,7 @@ from owncdn.storage.changelog import (
     write_meta,
     write_transaction,
 )
-from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk, read_blocks
+from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, insert_chunk, read_blocks
 from owncdn.storage.connection import ReaderConnections
 from owncdn.storage.schema import SYNCHRONOUS, connect_writer
 
@@ -462,11 +462,7 @@ class StorageEngine:
         with BodyDigests(body, ("md5", "sha256"), self.digest_pool) as digests:
             for block in read_blocks(body, self.chunk_size):
                 digests.update(block)
-                stored, compressed = encode_chunk(block)
-                conn.execute(
-                    "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
-                    (change_id, content.chunk_count, compressed, stored),
-                )
+                stored, compressed = insert_chunk(conn, change_id, content.chunk_count, block)
                 if content.chunk_count == 0:
                     content.first, content.first_stored = block, stored
                     content.first_compressed = compressed

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from owncdn.digests import Digest
 from owncdn.storage.batch import Write
-from owncdn.storage.chunks import encode_chunk
+from owncdn.storage.chunks import insert_chunk
 
 # Staging commits a few chunks at a time; checkpointing after each would
 # copy the body into the database file while it is still arriving, on
@@ -99,11 +99,7 @@ def stage_chunk(conn: sqlite3.Connection, staged_id: int, index: int, block: byt
     """
     conn.execute("INSERT OR IGNORE INTO staged (id, created) VALUES (?, ?)",
                  (staged_id, time.time()))
-    stored, compressed = encode_chunk(block)
-    conn.execute(
-        "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
-        (content_key(staged_id), index, compressed, stored),
-    )
+    insert_chunk(conn, content_key(staged_id), index, block)
 
 
 def adopt(conn: sqlite3.Connection, content: StagedContent) -> None:
