@@ -324,6 +324,16 @@ class StagedS3Case(DaemonCase):
             del self.mktemp
         self.db = Path(made[0]).absolute() / "data" / "files.db"
 
+    async def put_and_read_back(self, client, data: bytes) -> None:
+        """
+        PutObject C{data} as C{files/big.bin}: the ETag is its MD5 and a
+        GetObject gives it back whole.
+        """
+        put = await deferToThread(client.put_object, Bucket="files", Key="big.bin", Body=data)
+        self.assertEqual(put["ETag"], f'"{hashlib.md5(data).hexdigest()}"')
+        got = await deferToThread(client.get_object, Bucket="files", Key="big.bin")
+        self.assertEqual(got["Body"].read(), data)
+
 
 class S3PutObjectTests(StagedS3Case):
 
@@ -333,10 +343,7 @@ class S3PutObjectTests(StagedS3Case):
         await self.start()
         client = self.client(request_checksum_calculation="when_required")
         data = random.Random(3).randbytes(SIZE)
-        put = await deferToThread(client.put_object, Bucket="files", Key="big.bin", Body=data)
-        self.assertEqual(put["ETag"], f'"{hashlib.md5(data).hexdigest()}"')
-        got = await deferToThread(client.get_object, Bucket="files", Key="big.bin")
-        self.assertEqual(got["Body"].read(), data)
+        await self.put_and_read_back(client, data)
         start, end = CHUNK_SIZE - 3, 4 * CHUNK_SIZE + 3
         got = await deferToThread(client.get_object, Bucket="files", Key="big.bin",
                                   Range=f"bytes={start}-{end}")
@@ -370,10 +377,7 @@ class S3PutObjectTLSTests(StagedS3Case):
         await self.start()
         client = self.client(request_checksum_calculation="when_required")
         data = random.Random(4).randbytes(SIZE)
-        put = await deferToThread(client.put_object, Bucket="files", Key="big.bin", Body=data)
-        self.assertEqual(put["ETag"], f'"{hashlib.md5(data).hexdigest()}"')
-        got = await deferToThread(client.get_object, Bucket="files", Key="big.bin")
-        self.assertEqual(got["Body"].read(), data)
+        await self.put_and_read_back(client, data)
         client.close()
         await self.daemon.stop()
         self.assertEqual(staged_left(self.db), (0, 0))
