@@ -27,6 +27,7 @@ from awscrt import checksums as crt
 
 from owncdn.digests import BackgroundDigests, Digest
 from owncdn.s3.errors import S3Error
+from owncdn.storage.staging import staged_of
 
 # The names S3 uses in x-amz-checksum-<name>, in its documentation's order.
 ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
@@ -336,8 +337,7 @@ class VerifiedBody(CheckedReader):
         it was (L{owncdn.storage.staging}): a plain body is the payload
         unchanged.
         """
-        offer = getattr(self._raw, "staged_content", None)
-        return None if offer is None else offer()
+        return staged_of(self._raw)
 
     def check_staged(self, digests: Mapping[str, Checksum]) -> None:
         """
