@@ -736,6 +736,27 @@ class RefusalTests(SynchronousTestCase):
         self.assert_refused("SignatureDoesNotMatch", forged)
         self.verify(good)
 
+    def test_header_parsed_once_checked_each_time(self):
+        """
+        An Authorization header that differs from one already verified
+        only in its signature is checked afresh: a wrong signature is
+        SignatureDoesNotMatch, a malformed one or a changed SignedHeaders
+        AuthorizationHeaderMalformed, as for a header never seen.
+        """
+        good = self.sign({"x-amz-date": "20130524T000000Z"})
+        self.verify(good)
+        head, signature = good["authorization"].rsplit("Signature=", 1)
+        for changed, code in [
+            (head + "Signature=" + "0" * 64, "SignatureDoesNotMatch"),
+            (head + "Signature=" + signature[:63], "AuthorizationHeaderMalformed"),
+            (head + "Signature=" + signature.upper(), "AuthorizationHeaderMalformed"),
+            (head.replace("SignedHeaders=", "SignedHeaders=Host;") + "Signature=" + signature,
+             "AuthorizationHeaderMalformed"),
+            (head + "Signature=" + signature + ", Signature=" + signature, "AuthorizationHeaderMalformed"),
+        ]:
+            self.assert_refused(code, {**good, "authorization": changed})
+        self.verify(good)
+
     def test_cached_key_changed_secret(self):
         """
         Once a key's secret changes (a SIGHUP reload), a request signed
