@@ -325,7 +325,9 @@ class FrontDoorTests(TestCase):
                    await self.s3.request("HEAD", "/files/none")]
         ids = [reply.header("x-amz-request-id") for reply in replies]
         self.assertEqual(len(set(ids)), 3)
-        self.assertTrue(all(ids))
+        for request_id in ids:
+            # As S3's: 16 upper-case hex digits.
+            self.assertRegex(request_id, r"\A[0-9A-F]{16}\Z")
 
     @asynctest
     async def test_head_error_has_no_body(self):

@@ -7,8 +7,25 @@ correcting its clock, rclone treats C{NoSuchKey} as "absent"), so the
 codes and statuses are those of Amazon S3, not our own.
 """
 
+import itertools
+import secrets
 from collections.abc import Mapping
 from xml.sax.saxutils import escape
+
+# Request IDs: 16 upper-case hex digits as S3's, a random half drawn at
+# start-up and a counter, so that each is unique without drawing
+# random bytes on every request.
+_REQUEST_ID_PREFIX = secrets.token_hex(4).upper()
+_REQUEST_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """
+    The C{x-amz-request-id} of a new S3 response (and C{RequestId} of its
+    error body): unique among this process's requests.
+    """
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_ID_COUNTER) & 0xFFFFFFFF:08X}"
+
 
 # code -> (status, message S3 sends when there is nothing more specific)
 CODES: Mapping[str, tuple[int, str]] = {

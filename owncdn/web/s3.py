@@ -8,7 +8,6 @@ service ID.  The actions live by concept in C{s3buckets}, C{s3objects}
 and C{s3multipart}; C{s3request} is what they share.  See docs/s3.md.
 """
 
-import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,7 @@ from owncdn.errors import OwnCDNError
 from owncdn.keys import access_level
 from owncdn.s3 import sigv4
 from owncdn.s3.checksums import PayloadDigests, new_checksum
-from owncdn.s3.errors import S3Error
+from owncdn.s3.errors import S3Error, new_request_id
 from owncdn.s3.multipart import MultipartStore
 from owncdn.web import s3buckets, s3multipart, s3objects
 from owncdn.web.handler import AsyncResource
@@ -123,7 +122,7 @@ class S3API(AsyncResource):
 
     async def handle(self, request) -> None:
         request.logged_service = "api"
-        request_id = secrets.token_hex(8).upper()
+        request_id = new_request_id()
         put_headers(request, ((b"X-Amz-Request-Id", request_id.encode()),))
         try:
             call = self._authenticate(request, request_id)
@@ -147,7 +146,7 @@ class S3API(AsyncResource):
                                  self.state.clock.seconds())
         except S3Error as error:
             path = target.partition(b"?")[0]
-            return s3_error_response(error, secrets.token_hex(8).upper(), decode_lenient(path))
+            return s3_error_response(error, new_request_id(), decode_lenient(path))
         return None
 
     def stage_body(self, request, method: bytes, target: bytes, length: int):

@@ -14,7 +14,6 @@ badly signed 5 GB S3 upload is refused before its first byte is read).
 """
 
 import json
-import secrets
 import tempfile
 import time
 from io import BytesIO
@@ -27,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import Interface
 
+from owncdn.s3.errors import new_request_id
 from owncdn.web.channel import OwnCDNChannel
 from owncdn.web.reqlog import RequestLog
 
@@ -49,7 +49,7 @@ log = Logger()
 def _too_large_response(is_s3: bool, limit: int) -> bytes:
     extra = b""
     if is_s3:
-        request_id = secrets.token_hex(8).upper().encode()
+        request_id = new_request_id().encode()
         body = (
             b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>EntityTooLarge</Code>'
             b"<Message>Your proposed upload exceeds the maximum allowed size</Message>"
@@ -112,8 +112,10 @@ def is_s3_request(request) -> bool:
     S3 mode: any request header name starts with C{x-amz-}.
     """
     # Twisted keeps every name in its canonical form, X-Amz-Date.
-    return any(name.startswith(b"X-Amz-")
-               for name, _ in request.requestHeaders.getAllRawHeaders())
+    for name in request.requestHeaders._rawHeaders:
+        if name.startswith(b"X-Amz-"):
+            return True
+    return False
 
 
 def put_headers(request, headers) -> None:
