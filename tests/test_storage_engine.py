@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
 from owncdn.interfaces import Change
-from owncdn.storage import version_id
+from owncdn.storage import guess_content_type, version_id
 from owncdn.storage.chunks import (
     CHUNK_SIZE,
     MIN_COMPRESS_SIZE,
@@ -564,3 +564,30 @@ class ListingTests(EngineCase):
             self.assertEqual(len(infos), 1000)
             self.assertEqual(following, infos[-1].path)
             self.assertLess(elapsed, 0.05)
+
+
+class ContentTypeTests(SynchronousTestCase):
+    """
+    The content type a file gets when its uploader gave none: from its
+    extensions only, whatever the rest of its name.
+    """
+
+    def test_guessed(self):
+        cases = {
+            "a.txt": "text/plain", "photos/A.JPG": "image/jpeg", "app.js": "text/javascript",
+            "x.tar.gz": "application/gzip", "x.tgz": "application/gzip", "y.json.br": "application/x-brotli",
+            "x.tar.bz2": "application/x-bzip2", ".hidden.txt": "text/plain", "..a.css": "text/css",
+            "a..txt": "text/plain", "dir/v1.2.3.tar.gz": "application/gzip",
+            "p/photo.2026-11-27.jpg": "image/jpeg", "q?x=1.png": "application/octet-stream",
+        }
+        for name, expected in cases.items():
+            self.assertEqual(guess_content_type(name), expected, name)
+
+    def test_default(self):
+        for name in ["noext", ".bashrc", "a.", "", "weird.unknownext", "dir.d/file"]:
+            self.assertEqual(guess_content_type(name), "application/octet-stream", name)
+
+    def test_same_extension_other_stem(self):
+        """Names that share their extensions share one answer, whatever the stem."""
+        self.assertEqual({guess_content_type(f"{stem}.webp") for stem in ["a", "b.c", "dir/x", ".d"]},
+                         {"image/webp"})

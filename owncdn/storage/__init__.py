@@ -9,6 +9,7 @@ uploader gave none, and when an upload's digests are refused.
 """
 
 import mimetypes
+from functools import lru_cache
 
 from owncdn.errors import BadDigest, NoSuchVersion
 from owncdn.interfaces import Change
@@ -89,6 +90,14 @@ def guess_content_type(path: str) -> str:
     extension, else C{application/octet-stream}.
     """
     name = path.partition("?")[0].rsplit("/", 1)[-1]
+    stem_end = name.find(".", len(name) - len(name.lstrip(".")))
+    # The type depends only on the extensions (splitext skips leading
+    # dots), so names that share them share one lookup.
+    return _type_of_extensions("x" + name[stem_end:]) if stem_end > 0 else DEFAULT_CONTENT_TYPE
+
+
+@lru_cache(maxsize=1024)
+def _type_of_extensions(name: str) -> str:
     dot = name.rfind(".")
     if dot > 0:
         override = _TYPE_OVERRIDES.get(name[dot:].lower())
