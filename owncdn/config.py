@@ -84,7 +84,11 @@ class Config:
     raw: dict = field(default_factory=dict, repr=False)
 
     def service(self, sid: str) -> ServiceConfig | None:
-        return next((s for s in self.services if s.id == sid), None)
+        # A plain loop: every S3 request asks, and a generator costs more.
+        for service in self.services:
+            if service.id == sid:
+                return service
+        return None
 
     def source(self, source_id: str) -> ReplicationSource | None:
         return next((s for s in self.sources if s.id == source_id), None)

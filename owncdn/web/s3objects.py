@@ -57,15 +57,22 @@ def object_metadata(call: S3Call) -> tuple[str | None, dict[str, str]]:
         server-side encryption, which we do not do.
     """
     headers = call.headers
-    if any(name.startswith("x-amz-server-side-encryption") for name in headers):
-        raise S3Error("NotImplemented", "Server-side encryption is not supported.")
+    user = {}
+    user_size = 0
+    for name, value in headers.items():
+        if not name.startswith("x-amz-"):
+            continue
+        if name.startswith(USER_METADATA):
+            user[name] = value
+            user_size += len(name) - len(USER_METADATA) + len(value)
+        elif name.startswith("x-amz-server-side-encryption"):
+            raise S3Error("NotImplemented", "Server-side encryption is not supported.")
+    if user_size > MAX_USER_METADATA:
+        raise S3Error("MetadataTooLarge", MaxSizeAllowed=str(MAX_USER_METADATA))
     metadata = {name: headers[name] for name in STORED_HEADERS if name in headers}
     encoding = chunked.stored_content_encoding(metadata.pop("content-encoding", None))
     if encoding is not None:
         metadata["content-encoding"] = encoding
-    user = {name: value for name, value in headers.items() if name.startswith(USER_METADATA)}
-    if sum(len(name) - len(USER_METADATA) + len(value) for name, value in user.items()) > MAX_USER_METADATA:
-        raise S3Error("MetadataTooLarge", MaxSizeAllowed=str(MAX_USER_METADATA))
     metadata.update(user)
     content_type = headers.get("content-type") or None
     return content_type, metadata
