@@ -6,13 +6,21 @@ s3_load.py), and a 1 GiB PutObject in one part and in 16 MiB parts.
 
     .venv/bin/python bench/s3_bench.py [--seconds 10] [--connections 32]
         [--big-size 1024] [--servers owncdn,owncdn-nofsync,moto,s3rver]
-        [--big-servers owncdn,s3rver] [--big-only] [--profile]
+        [--big-servers owncdn,s3rver] [--big-only] [--rounds 3] [--profile]
 
 Install the other servers first with bench/setup_s3_cdn.sh.  Targets:
 GET at least 3 x s3rver's requests/s, PUT at least 1.5 x; the 1 GiB
 uploads at least s3rver's MB/s with the daemon's peak RSS (VmHWM, reset
 through /proc/PID/clear_refs before each upload) at most 64 MiB above
 its resident size before it.
+
+The servers are measured in turns, C{--rounds} times over (owncdn,
+s3rver, owncdn, s3rver, ...: each round starts every server afresh on
+an empty folder), and each figure compared is the median of its rounds,
+for every server alike: on this kind of VM the same work costs a third
+more CPU in some minutes than in others, which one run per server
+would hand to whichever server it hit.  The peak RSS growth compared
+is the largest of the rounds.
 """
 
 import argparse
@@ -190,6 +198,30 @@ def measure(name: str, folder: Path, args, body: bytes, big: BigFile | None) -> 
     return results
 
 
+def summary(rounds: list[dict]) -> dict:
+    """
+    One server's figures over the rounds: each rate and MB/s the median
+    of the rounds (every round's kept beside it), the peak RSS growth
+    the largest; a single round as it is.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    merged: dict = {"rounds": rounds}
+    for what, figure in (("get", "rate"), ("put", "rate"), ("single", "mb_per_s"),
+                         ("multipart", "mb_per_s")):
+        runs = [measured[what] for measured in rounds if figure in measured.get(what, {})]
+        if not runs:
+            continue
+        runs.sort(key=lambda run: run[figure])
+        # The median run (the lower middle one of an even count).
+        merged[what] = dict(runs[(len(runs) - 1) // 2])
+        merged[what][f"{figure}_rounds"] = [run[figure] for run in runs]
+        if "rss_growth_mib" in runs[0]:
+            merged[what]["rss_growth_mib"] = max(run["rss_growth_mib"] for run in runs)
+    merged["idle_rss_mib"] = max(measured["idle_rss_mib"] for measured in rounds)
+    return merged
+
+
 def verdicts(results: dict) -> list[tuple[str, str, str, bool]]:
     own, ref = results["owncdn"], results["s3rver"]
     big = f"{results['big_size_mib']} MiB"
@@ -220,6 +252,9 @@ def main() -> None:
     parser.add_argument("--big-servers", default="owncdn,s3rver")
     parser.add_argument("--big-only", action="store_true",
                         help="only the big uploads (skip the 1 KiB GET and PUT runs)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure every server this many times, in turns; "
+                             "each figure is the median of its rounds")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the OwnCDN daemons during each measured run (bench/results/)")
     args = parser.parse_args()
@@ -237,8 +272,21 @@ def main() -> None:
             big = BigFile(folder, args.big_size * 2**20)
             print(f"made a {args.big_size} MiB file in {time.monotonic() - started:.1f} s", flush=True)
         body = os.urandom(1024)
-        for name in args.servers.split(","):
-            results[name] = measure(name, folder, args, body, big)
+        rounds: dict[str, list[dict]] = {name: [] for name in args.servers.split(",")}
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {number} of {args.rounds}", flush=True)
+            for name in rounds:
+                # A fresh folder each time; gone (with what the server
+                # stored) before the next server starts.
+                work = folder / f"{name}-{number}"
+                work.mkdir()
+                try:
+                    rounds[name].append(measure(name, work, args, body, big))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        for name, measured in rounds.items():
+            results[name] = summary(measured)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if "owncdn" in results and "s3rver" in results:

@@ -18,6 +18,7 @@ target is judged by.
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -95,6 +96,9 @@ def main() -> None:
         write_config(data_dir)
         root = build_daemon(data_dir, ["tcp:0:interface=127.0.0.1"], reactor)
         root.startService()
+        # What the daemon does once its reactor runs (iterate never
+        # fires callWhenRunning).
+        gc.freeze()
         site = next(child.factory for child in root.getServiceNamed("web")
                     if hasattr(child, "factory"))
         try:
