@@ -47,7 +47,8 @@ from owncdn.storage import guess_content_type
 from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.changelog import info_from_change
-from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
+from owncdn.storage.engine import StorageClosed, StorageEngine
+from owncdn.storage.reads import LoadedVersion
 from owncdn.services.staging import StagedBody, UploadStaging
 from owncdn.storage.smallfiles import SmallFileCache
 from owncdn.storage.staging import staged_of
