@@ -5,12 +5,13 @@ one SQLite database.
 Everything here blocks, so only worker threads call it: writes from one
 writer thread on the single writer connection, reads from any number of
 reader threads, each on a connection of its own (their queries are in
-L{owncdn.storage.reads}).  In WAL mode readers
-see the last committed state and never wait for the writer, and the
-writer never waits for them.  Every write (the version row, its chunks,
-the change-log row) is made inside one transaction, which the writes
-waiting together share (L{owncdn.storage.batch}), so a crash at any
-point leaves either the whole version or nothing.
+L{owncdn.storage.reads}).  In WAL mode readers see the last committed
+state and never wait for the writer, and the writer never waits for
+them.  Every write (the version row, its chunks stored by
+L{owncdn.storage.content}, the change-log row) is made inside one
+transaction, which the writes waiting together share
+(L{owncdn.storage.batch}), so a crash at any point leaves either the
+whole version or nothing.
 """
 
 import os
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from owncdn.digests import BodyDigests
 from owncdn.errors import NoSuchFile
 from owncdn.interfaces import Change, FileInfo
 from owncdn.storage import (
@@ -32,19 +32,20 @@ from owncdn.storage import (
 from owncdn.storage import batch, reads, staging
 from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.changelog import (
-    delete_content,
     info_from_change,
     last_change_id,
     next_change_id,
+    prune_versions,
     read_meta,
     record_change,
     record_purge,
     write_meta,
     write_transaction,
 )
-from owncdn.storage.chunks import CHUNK_SIZE, insert_chunk, read_blocks
+from owncdn.storage.chunks import CHUNK_SIZE
 from owncdn.storage.connection import ReaderConnections
-from owncdn.storage.reads import LoadedVersion, StoredVersion
+from owncdn.storage.content import StoredContent, store_content, written_version
+from owncdn.storage.reads import LoadedVersion
 from owncdn.storage.schema import SYNCHRONOUS, connect_writer
 
 # SQLite checkpoints the WAL into the database file in the committing
@@ -82,22 +83,6 @@ class DatabaseState:
     source_dbid: str | None
     next_staged_id: int = 1
     staged_discarded: int = 0
-
-
-@dataclass
-class _Content:
-    """
-    What storing a body found out.  C{first} and C{first_stored} are
-    kept only while the body is a single chunk.
-    """
-
-    size: int
-    md5: bytes
-    sha256: bytes
-    chunk_count: int
-    first: bytes | None
-    first_stored: bytes | None
-    first_compressed: bool
 
 
 class StorageEngine:
@@ -250,7 +235,7 @@ class StorageEngine:
             else:
                 content_id = staging.content_key(staged.staged_id)
                 digests = self.staged.take(conn, staged, body)
-                content = _Content(staged.size, digests["md5"].digest(),
+                content = StoredContent(staged.size, digests["md5"].digest(),
                                    digests["sha256"].digest(), staged.chunk_count,
                                    None, None, False)
             check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
@@ -391,25 +376,8 @@ class StorageEngine:
         return self.write(self.apply_write(change, body, source_dbid, after))
 
     def _store_content(self, conn: sqlite3.Connection, change_id: int,
-                       body: BinaryIO) -> _Content:
-        content = _Content(0, b"", b"", 0, None, None, False)
-        # A big body is hashed in a thread beside the inserts; a digest
-        # the body offers (the S3 layer's) is not computed again.
-        with BodyDigests(body, ("md5", "sha256"), self.digest_pool) as digests:
-            for block in read_blocks(body, self.chunk_size):
-                digests.update(block)
-                stored, compressed = insert_chunk(conn, change_id, content.chunk_count, block)
-                if content.chunk_count == 0:
-                    content.first, content.first_stored = block, stored
-                    content.first_compressed = compressed
-                else:
-                    # Past one chunk there is no small file and no br
-                    # alternate: drop them so memory stays flat.
-                    content.first = content.first_stored = None
-                content.chunk_count += 1
-                content.size += len(block)
-            found = digests.finish()
-        content.md5, content.sha256 = found["md5"], found["sha256"]
+                       body: BinaryIO) -> StoredContent:
+        content = store_content(conn, change_id, body, self.chunk_size, self.digest_pool)
         if content.size > BIG_WRITE:
             self._defer_checkpoint(conn)
         return content
@@ -418,46 +386,17 @@ class StorageEngine:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         self.checkpoint_due = True
 
-    def _written(self, change: Change, content: _Content) -> LoadedVersion:
-        single_br = content.chunk_count == 1 and content.first_compressed
-        stored = StoredVersion(
-            change_id=change.id, info=info_from_change(change, current=True),
-            chunk_size=self.chunk_size,
-            br_size=len(content.first_stored) if single_br else None,
-        )
-        if content.size > self.small_file_limit:
-            return LoadedVersion(stored, None, None)
-        return LoadedVersion(
-            stored, content.first or b"",
-            content.first_stored if single_br else None,
-        )
+    def _written(self, change: Change, content: StoredContent) -> LoadedVersion:
+        return written_version(change, content, self.chunk_size, self.small_file_limit)
 
     def prune(self, cutoff: float) -> int:
         """
-        Drop the content of every version superseded at or before
-        C{cutoff} (the time of the change that replaced it), and of
-        every current delete marker made at or before it: by then every
-        older version of that path is gone too, so the marker hides
-        nothing.  The change-log rows stay, marked pruned.
+        L{prune_versions} up to C{cutoff}, in a transaction of its own.
 
         @return: how many versions were pruned.
         """
         with self._writing() as conn:
-            ids = [row[0] for row in conn.execute(
-                """
-                SELECT id FROM changes
-                WHERE pruned = 0 AND superseded IS NOT NULL AND superseded <= :cutoff
-                UNION ALL
-                SELECT id FROM changes
-                WHERE op = 'delete' AND superseded IS NULL AND pruned = 0
-                AND time <= :cutoff
-                """,
-                {"cutoff": cutoff},
-            )]
-            for change_id in ids:
-                delete_content(conn, change_id)
-                conn.execute("UPDATE changes SET pruned = 1 WHERE id = ?", (change_id,))
-        return len(ids)
+            return prune_versions(conn, cutoff)
 
     # Reads: any thread, each on its own connection (owncdn.storage.reads).
 
