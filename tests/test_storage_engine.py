@@ -33,7 +33,8 @@ from owncdn.storage.chunks import (
 from owncdn.storage import engine as engine_module
 from owncdn.storage.batch import groups
 from owncdn.storage.changelog import record_change
-from owncdn.storage.engine import StorageClosed, StorageEngine, prefix_upper_bound
+from owncdn.storage.engine import StorageClosed, StorageEngine
+from owncdn.storage.reads import prefix_upper_bound
 from owncdn.storage.schema import (
     MIGRATIONS,
     PAGE_SIZE,

@@ -19,7 +19,8 @@ from owncdn.config import ServiceConfig
 from owncdn.errors import NoSuchFile, NoSuchVersion, ReadOnlyReplica
 from owncdn.lockfile import FileLock, LockedByOther, is_locked
 from owncdn.registry import ServiceContext
-from owncdn.services.storage import BATCH_WRITES, StorageService, build, prune_interval
+from owncdn.services.storage import StorageService, build, prune_interval
+from owncdn.services.writequeue import BATCH_WRITES
 from owncdn.storage import SMALL_FILE_LIMIT
 from owncdn.storage.chunks import CHUNK_SIZE
 from owncdn.storage.engine import StorageClosed

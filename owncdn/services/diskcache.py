@@ -55,7 +55,7 @@ from owncdn.services.diskcache_bodies import DiskFill, ItemReaders
 from owncdn.services.diskcache_db import CacheDatabase, ItemGone
 from owncdn.services.diskcache_index import CacheIndex, IndexEntry
 from owncdn.storage.bodies import BytesBody, StoredBody
-from owncdn.storage.engine import LoadedVersion, StoredVersion
+from owncdn.storage.reads import LoadedVersion, StoredVersion
 from owncdn.threads import wait_in_pool
 
 log = Logger()

@@ -8,8 +8,8 @@ connection of its own (WAL: readers never wait for the writer).  The
 content is cut and encoded exactly as the storage engine does it
 (L{owncdn.storage.chunks}: 1 MiB chunks, each Brotli-compressed when
 that saves enough), and opened items are the storage engine's
-L{StoredVersion}/L{LoadedVersion}, so the storage service's bodies and
-small-file cache serve them unchanged.
+L{StoredVersion}/L{LoadedVersion} (L{owncdn.storage.reads}), so the
+storage service's bodies and small-file cache serve them unchanged.
 
 An item is written while its source's body arrives, one chunk per
 transaction, as a row that is not C{complete}; the transaction of its
@@ -33,8 +33,8 @@ from owncdn.services.cachepolicy import CacheKey, display_path
 from owncdn.storage import SMALL_FILE_LIMIT
 from owncdn.storage.changelog import write_transaction
 from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, encode_chunk
-from owncdn.storage.engine import LoadedVersion, StoredVersion, prefix_upper_bound
 from owncdn.storage.connection import ReaderConnections
+from owncdn.storage.reads import LoadedVersion, StoredVersion, prefix_upper_bound
 from owncdn.storage.schema import connect_wal, migrate, run_script, schema_version
 
 # A cache can lose its last commits to a power failure without harm

@@ -6,18 +6,16 @@ allows one writer at a time, and a single thread makes the order of
 commits the order of requests) and a few reader threads.  The reactor
 thread only dispatches to them and routes results; it never touches
 SQLite, Brotli or the upload's file.  Writes wait in a queue of the
-service; whenever the writer thread is free it takes every write waiting
-(up to L{BATCH_WRITES}) and commits them together, see
-L{owncdn.storage.batch}.  Two things stay in memory because
-the service sees every write: the newest change ID, and the newest
-version of small files, so that most small GETs finish without a thread
-hop.
+service (L{owncdn.services.writequeue}); whenever the writer thread is
+free it takes every write waiting and commits them together, see
+L{owncdn.storage.batch}.  Two things stay in memory because the service
+sees every write: the newest change ID, and the newest version of small
+files, so that most small GETs finish without a thread hop.
 """
 
 import os
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +25,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -47,8 +44,10 @@ from owncdn.storage import guess_content_type
 from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.bodies import BytesBody, StoredBody
 from owncdn.storage.changelog import info_from_change
-from owncdn.storage.engine import LoadedVersion, StorageClosed, StorageEngine
+from owncdn.storage.engine import StorageClosed, StorageEngine
+from owncdn.storage.reads import LoadedVersion
 from owncdn.services.staging import StagedBody, UploadStaging
+from owncdn.services.writequeue import WriteQueue
 from owncdn.storage.smallfiles import SmallFileCache
 from owncdn.storage.staging import staged_of
 from owncdn.threads import wait_in_pool
@@ -64,35 +63,12 @@ READER_THREADS = 4
 PRUNE_INTERVAL = 3600.0
 MIN_PRUNE_INTERVAL = 60.0
 
-# Writes handed to the writer thread at a time.  The engine commits the
-# small ones among them together; the bound keeps the last of them from
-# waiting long for the reactor to hear of the first.
-BATCH_WRITES = 64
-
 # Threads hashing big bodies beside the thread that stores them: one
 # per digest of an upload, a few uploads side by side (and writing the
 # WAL out behind staged uploads, see owncdn.services.staging).
 DIGEST_THREADS = 4
 
 ChangeListener = Callable[[Change], object]
-
-
-
-
-@dataclass
-class _Queued:
-    """
-    A write waiting for the writer thread.
-
-    @ivar done: run on the reactor thread with the write's result once
-        it is committed, to bring the service's memory up to date;
-        returns what the caller's Deferred fires with.
-    """
-
-    write: Write
-    done: Callable[[object], object]
-    deferred: Deferred
-    failed: Callable[[], object] | None = None
 
 
 def prune_interval(keep_versions: bool | float) -> float | None:
@@ -147,12 +123,7 @@ class StorageService(Service):
         # Bumped after every commit; a read that started before a commit
         # must not put what it read into the small-file cache.
         self._commits = 0
-        # Writes not yet handed to the writer thread, oldest first; those
-        # handed over and not yet answered; Deferreds waiting for both to
-        # be empty (stopService).
-        self._queue: deque[_Queued] = deque()
-        self._in_flight: deque[_Queued] | None = None
-        self._drain_waiters: list[Deferred] = []
+        self._writes = WriteQueue(reactor, self._write_batch)
         self._closing = False
 
     # Service
@@ -227,7 +198,7 @@ class StorageService(Service):
                 self._lock.release()
             return succeed(None)
         self._closing = True
-        d = self._drained()
+        d = self._writes.drained()
         d.addCallback(lambda _: deferToThreadPool(self._reactor, writer, self._engine.close))
 
         def finish(result):
@@ -258,86 +229,19 @@ class StorageService(Service):
     def _write(self, write: Write, done: Callable[[object], object],
                failed: Callable[[], object] | None = None) -> Deferred:
         """
-        Queue C{write} for the writer thread.
-
-        @param failed: called on the reactor thread if the write fails
-            (also when the caller has stopped waiting for it).
-        @return: a Deferred that fires with what C{done} makes of the
-            write's result once its transaction has committed, or fails
-            with the write's own error.
+        L{WriteQueue.add}, or fail with L{StorageClosed} (having called
+        C{failed}) once the service is stopping.
         """
         if self._writer_pool is None or self._closing:
             if failed is not None:
                 failed()
             return fail(StorageClosed(f"{self.db_path} is not running"))
-        d = Deferred()
-        self._queue.append(_Queued(write, done, d, failed))
-        self._next_batch()
-        return d
+        return self._writes.add(write, done, failed)
 
-    def _next_batch(self) -> None:
-        """
-        Hand the writes waiting to the writer thread, unless it is busy
-        with the previous batch (then they go when it is done).
-        """
-        if self._in_flight is not None:
-            return
-        if not self._queue:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-            return
-        batch = deque(self._queue.popleft()
-                      for _ in range(min(BATCH_WRITES, len(self._queue))))
-        self._in_flight = batch
-
-        def committed(outcomes: list[Outcome]) -> None:
-            self._reactor.callFromThread(self._answer, batch, outcomes)
-
-        d = deferToThreadPool(self._reactor, self._writer_pool, self._engine.write_batch,
-                              [queued.write for queued in batch], committed)
-        d.addErrback(lambda failure: self._answer(batch, [(False, failure)] * len(batch)))
-        d.addBoth(lambda _: self._batch_done())
-
-    def _batch_done(self) -> None:
-        self._in_flight = None
-        self._next_batch()
-
-    def _answer(self, batch: deque[_Queued], outcomes: list[Outcome]) -> None:
-        """
-        One transaction of C{batch} committed (or failed): bring memory
-        up to date with each of its writes in order, then answer their
-        callers in order.
-        """
-        answers = []
-        for success, result in outcomes:
-            queued = batch.popleft()
-            if success:
-                try:
-                    result = queued.done(result)
-                except Exception:
-                    success, result = False, Failure()
-            elif not isinstance(result, Failure):
-                result = Failure(result)
-            if not success and queued.failed is not None:
-                queued.failed()
-            answers.append((queued.deferred, success, result))
-        for d, success, result in answers:
-            if success:
-                d.callback(result)
-            else:
-                d.errback(result)
-
-    def _drained(self) -> Deferred:
-        """
-        @return: a Deferred that fires once every queued write has been
-            answered.
-        """
-        if self._in_flight is None and not self._queue:
-            return succeed(None)
-        d = Deferred()
-        self._drain_waiters.append(d)
-        return d
+    def _write_batch(self, writes: list[Write],
+                     committed: Callable[[list[Outcome]], object]) -> Deferred:
+        return deferToThreadPool(self._reactor, self._writer_pool, self._engine.write_batch,
+                                 writes, committed)
 
     def _in_reader(self, work: Callable, *args) -> Deferred:
         if self._reader_pool is None:

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from owncdn.interfaces import FileInfo, IFileBody
 from owncdn.storage.chunks import CHUNK_SIZE, chunk_span
-from owncdn.storage.engine import StoredVersion
+from owncdn.storage.reads import StoredVersion
 
 
 def _piece(chunk: bytes, start: int, end: int) -> bytes:

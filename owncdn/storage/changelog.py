@@ -163,6 +163,33 @@ def delete_content(conn: sqlite3.Connection, change_id: int) -> None:
         " (SELECT coalesce(content_id, id) FROM changes WHERE id = ?)", (change_id,))
 
 
+def prune_versions(conn: sqlite3.Connection, cutoff: float) -> int:
+    """
+    Drop the content of every version superseded at or before C{cutoff}
+    (the time of the change that replaced it), and of every current
+    delete marker made at or before it: by then every older version of
+    that path is gone too, so the marker hides nothing.  The change-log
+    rows stay, marked pruned.
+
+    @return: how many versions were pruned.
+    """
+    ids = [row[0] for row in conn.execute(
+        """
+        SELECT id FROM changes
+        WHERE pruned = 0 AND superseded IS NOT NULL AND superseded <= :cutoff
+        UNION ALL
+        SELECT id FROM changes
+        WHERE op = 'delete' AND superseded IS NULL AND pruned = 0
+        AND time <= :cutoff
+        """,
+        {"cutoff": cutoff},
+    )]
+    for change_id in ids:
+        delete_content(conn, change_id)
+        conn.execute("UPDATE changes SET pruned = 1 WHERE id = ?", (change_id,))
+    return len(ids)
+
+
 def next_change_id(conn: sqlite3.Connection) -> int:
     """
     The ID the next change gets: one past the highest ever handed out,

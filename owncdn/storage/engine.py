@@ -4,12 +4,14 @@ one SQLite database.
 
 Everything here blocks, so only worker threads call it: writes from one
 writer thread on the single writer connection, reads from any number of
-reader threads, each on a connection of its own.  In WAL mode readers
-see the last committed state and never wait for the writer, and the
-writer never waits for them.  Every write (the version row, its chunks,
-the change-log row) is made inside one transaction, which the writes
-waiting together share (L{owncdn.storage.batch}), so a crash at any
-point leaves either the whole version or nothing.
+reader threads, each on a connection of its own (their queries are in
+L{owncdn.storage.reads}).  In WAL mode readers see the last committed
+state and never wait for the writer, and the writer never waits for
+them.  Every write (the version row, its chunks stored by
+L{owncdn.storage.content}, the change-log row) is made inside one
+transaction, which the writes waiting together share
+(L{owncdn.storage.batch}), so a crash at any point leaves either the
+whole version or nothing.
 """
 
 import os
@@ -19,50 +21,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from owncdn.digests import BodyDigests
-from owncdn.errors import NoSuchFile, NoSuchVersion
+from owncdn.errors import NoSuchFile
 from owncdn.interfaces import Change, FileInfo
 from owncdn.storage import (
     SMALL_FILE_LIMIT,
-    DeleteMarkerVersion,
-    change_id_of,
     check_digests,
     purge_change,
     version_id,
 )
-from owncdn.storage import staging
-from owncdn.storage import batch
+from owncdn.storage import batch, reads, staging
 from owncdn.storage.batch import Outcome, Write
 from owncdn.storage.changelog import (
-    CHANGE_COLUMNS,
-    change_from_row,
-    delete_content,
     info_from_change,
-    info_from_row,
     last_change_id,
     next_change_id,
+    prune_versions,
     read_meta,
     record_change,
     record_purge,
     write_meta,
     write_transaction,
 )
-from owncdn.storage.chunks import CHUNK_SIZE, decode_chunk, insert_chunk, read_blocks
+from owncdn.storage.chunks import CHUNK_SIZE
 from owncdn.storage.connection import ReaderConnections
+from owncdn.storage.content import StoredContent, store_content, written_version
+from owncdn.storage.reads import LoadedVersion
 from owncdn.storage.schema import SYNCHRONOUS, connect_writer
-
-# The version columns, whether the version is the newest of its path,
-# and (for single-chunk files) how chunk 0 is stored.  length() of a
-# BLOB reads no content; the CASE reads it only for small files.
-_OPEN_VERSION = f"""
-    SELECT {CHANGE_COLUMNS}, c.chunk_size, c.pruned, c.superseded IS NULL,
-           k.compressed, length(k.data),
-           CASE WHEN c.size <= :small THEN k.data END, coalesce(c.content_id, c.id)
-    FROM changes c
-    LEFT JOIN chunks k ON k.change_id = coalesce(c.content_id, c.id) AND k.idx = 0
-        AND c.size <= c.chunk_size
-"""
-
 
 # SQLite checkpoints the WAL into the database file in the committing
 # thread once the WAL holds this many pages (its default).  After a
@@ -83,53 +67,6 @@ class StorageClosed(Exception):
 
 
 @dataclass(frozen=True)
-class StoredVersion:
-    """
-    Where one version's content lives.
-
-    @ivar change_id: the key its chunks are stored under: the ID of the
-        change that made it, or of the staged content it was stored as
-        (L{owncdn.storage.staging}).
-    @ivar br_size: the stored size of the content when it is one chunk
-        kept Brotli-compressed (a complete C{br} stream), else C{None}.
-    """
-
-    change_id: int
-    info: FileInfo
-    chunk_size: int
-    br_size: int | None
-
-
-@dataclass(frozen=True)
-class LoadedVersion:
-    """
-    A version opened for reading.  Small files come with their whole
-    content (C{data}, and C{br} when stored compressed), so they can be
-    served without going back to the database.
-    """
-
-    stored: StoredVersion
-    data: bytes | None
-    br: bytes | None
-
-
-def prefix_upper_bound(prefix: str) -> str | None:
-    """
-    The smallest string greater than every string that starts with
-    C{prefix}, in code point order (which is UTF-8 byte order, the order
-    of SQLite's BINARY collation); C{None} when there is none.
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars.pop()) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            return "".join(chars) + chr(code)
-    return None
-
-
-@dataclass(frozen=True)
 class DatabaseState:
     """
     What the service keeps in memory about the database once open.
@@ -146,22 +83,6 @@ class DatabaseState:
     source_dbid: str | None
     next_staged_id: int = 1
     staged_discarded: int = 0
-
-
-@dataclass
-class _Content:
-    """
-    What storing a body found out.  C{first} and C{first_stored} are
-    kept only while the body is a single chunk.
-    """
-
-    size: int
-    md5: bytes
-    sha256: bytes
-    chunk_count: int
-    first: bytes | None
-    first_stored: bytes | None
-    first_compressed: bool
 
 
 class StorageEngine:
@@ -314,7 +235,7 @@ class StorageEngine:
             else:
                 content_id = staging.content_key(staged.staged_id)
                 digests = self.staged.take(conn, staged, body)
-                content = _Content(staged.size, digests["md5"].digest(),
+                content = StoredContent(staged.size, digests["md5"].digest(),
                                    digests["sha256"].digest(), staged.chunk_count,
                                    None, None, False)
             check_digests(content.md5, content.sha256, expected_md5, expected_sha256)
@@ -455,25 +376,8 @@ class StorageEngine:
         return self.write(self.apply_write(change, body, source_dbid, after))
 
     def _store_content(self, conn: sqlite3.Connection, change_id: int,
-                       body: BinaryIO) -> _Content:
-        content = _Content(0, b"", b"", 0, None, None, False)
-        # A big body is hashed in a thread beside the inserts; a digest
-        # the body offers (the S3 layer's) is not computed again.
-        with BodyDigests(body, ("md5", "sha256"), self.digest_pool) as digests:
-            for block in read_blocks(body, self.chunk_size):
-                digests.update(block)
-                stored, compressed = insert_chunk(conn, change_id, content.chunk_count, block)
-                if content.chunk_count == 0:
-                    content.first, content.first_stored = block, stored
-                    content.first_compressed = compressed
-                else:
-                    # Past one chunk there is no small file and no br
-                    # alternate: drop them so memory stays flat.
-                    content.first = content.first_stored = None
-                content.chunk_count += 1
-                content.size += len(block)
-            found = digests.finish()
-        content.md5, content.sha256 = found["md5"], found["sha256"]
+                       body: BinaryIO) -> StoredContent:
+        content = store_content(conn, change_id, body, self.chunk_size, self.digest_pool)
         if content.size > BIG_WRITE:
             self._defer_checkpoint(conn)
         return content
@@ -482,181 +386,54 @@ class StorageEngine:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         self.checkpoint_due = True
 
-    def _written(self, change: Change, content: _Content) -> LoadedVersion:
-        single_br = content.chunk_count == 1 and content.first_compressed
-        stored = StoredVersion(
-            change_id=change.id, info=info_from_change(change, current=True),
-            chunk_size=self.chunk_size,
-            br_size=len(content.first_stored) if single_br else None,
-        )
-        if content.size > self.small_file_limit:
-            return LoadedVersion(stored, None, None)
-        return LoadedVersion(
-            stored, content.first or b"",
-            content.first_stored if single_br else None,
-        )
+    def _written(self, change: Change, content: StoredContent) -> LoadedVersion:
+        return written_version(change, content, self.chunk_size, self.small_file_limit)
 
     def prune(self, cutoff: float) -> int:
         """
-        Drop the content of every version superseded at or before
-        C{cutoff} (the time of the change that replaced it), and of
-        every current delete marker made at or before it: by then every
-        older version of that path is gone too, so the marker hides
-        nothing.  The change-log rows stay, marked pruned.
+        L{prune_versions} up to C{cutoff}, in a transaction of its own.
 
         @return: how many versions were pruned.
         """
         with self._writing() as conn:
-            ids = [row[0] for row in conn.execute(
-                """
-                SELECT id FROM changes
-                WHERE pruned = 0 AND superseded IS NOT NULL AND superseded <= :cutoff
-                UNION ALL
-                SELECT id FROM changes
-                WHERE op = 'delete' AND superseded IS NULL AND pruned = 0
-                AND time <= :cutoff
-                """,
-                {"cutoff": cutoff},
-            )]
-            for change_id in ids:
-                delete_content(conn, change_id)
-                conn.execute("UPDATE changes SET pruned = 1 WHERE id = ?", (change_id,))
-        return len(ids)
+            return prune_versions(conn, cutoff)
 
-    # Reads: any thread.
+    # Reads: any thread, each on its own connection (owncdn.storage.reads).
 
     def open_version(self, path: str, version: str | None = None) -> LoadedVersion:
         """
-        Find the current version of C{path}, or the given version.
-
-        @raise NoSuchFile: C{path} has no live current version.
-        @raise NoSuchVersion: C{path} has no version C{version}.
-        @raise DeleteMarkerVersion: that version is a delete marker.
+        L{reads.open_version}, small files with their content.
         """
-        conn = self._reader()
-        params = {"small": self.small_file_limit, "path": path, "version": version}
-        if version is None:
-            row = conn.execute(
-                _OPEN_VERSION + " JOIN files f ON f.change_id = c.id WHERE f.path = :path",
-                params,
-            ).fetchone()
-            if row is None:
-                raise NoSuchFile(f"no file {path!r}")
-        else:
-            row = conn.execute(
-                _OPEN_VERSION + " WHERE c.version = :version AND c.op != 'purge'"
-                " AND c.path = :path",
-                params,
-            ).fetchone()
-            if row is None or row[11]:  # unknown, or pruned
-                raise NoSuchVersion(f"no version {version!r} of {path!r}")
-        change = change_from_row(row)
-        chunk_size, _, current, compressed, stored_size, stored, key = row[10:]
-        if change.op == "delete":
-            raise DeleteMarkerVersion(f"version {version!r} of {path!r} is a delete marker")
-        found = StoredVersion(
-            change_id=key, info=info_from_change(change, bool(current)),
-            chunk_size=chunk_size, br_size=stored_size if compressed else None,
-        )
-        if change.size > self.small_file_limit:
-            return LoadedVersion(found, None, None)
-        if change.size == 0:
-            return LoadedVersion(found, b"", None)
-        return LoadedVersion(
-            found, decode_chunk(stored, bool(compressed)),
-            stored if compressed else None,
-        )
+        return reads.open_version(self._reader(), path, version, self.small_file_limit)
 
     def read_chunk(self, change_id: int, index: int, decode: bool = True) -> bytes:
         """
-        One chunk of a version: its original bytes, or with
-        C{decode=False} the bytes as stored.
-
-        @raise NoSuchVersion: the chunk is gone (the version was pruned
-            while it was being read).
+        L{reads.read_chunk}.
         """
-        row = self._reader().execute(
-            "SELECT compressed, data FROM chunks WHERE change_id = ? AND idx = ?",
-            (change_id, index),
-        ).fetchone()
-        if row is None:
-            raise NoSuchVersion(f"the content of change {change_id} is no longer stored")
-        return decode_chunk(row[1], bool(row[0])) if decode else row[1]
+        return reads.read_chunk(self._reader(), change_id, index, decode)
 
     def list_files(self, prefix: str, after: str | None,
                    limit: int) -> tuple[list[FileInfo], str | None]:
         """
-        Current live files under C{prefix}, after C{after}, in UTF-8
-        byte order; see L{owncdn.interfaces.IReadableFiles.list}.
+        L{reads.list_files}.
         """
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        where = ["f.path >= :prefix"]
-        upper = prefix_upper_bound(prefix)
-        if upper is not None:
-            where.append("f.path < :upper")
-        if after is not None:
-            where.append("f.path > :after")
-        rows = self._reader().execute(
-            f"SELECT {CHANGE_COLUMNS} FROM files f JOIN changes c ON c.id = f.change_id"
-            f" WHERE {' AND '.join(where)} ORDER BY f.path LIMIT :limit",
-            {"prefix": prefix, "upper": upper, "after": after, "limit": limit + 1},
-        ).fetchall()
-        infos = [info_from_row(row, True) for row in rows[:limit]]
-        return infos, (infos[-1].path if len(rows) > limit else None)
+        return reads.list_files(self._reader(), prefix, after, limit)
 
     def versions(self, path: str) -> list[FileInfo]:
         """
-        Every kept version of C{path}, delete markers included, newest
-        first.
-
-        @raise NoSuchFile: none is kept.
+        L{reads.versions}.
         """
-        rows = self._reader().execute(
-            f"SELECT {CHANGE_COLUMNS}, c.superseded IS NULL FROM changes c"
-            " WHERE c.path = ? AND c.pruned = 0 ORDER BY c.id DESC",
-            (path,),
-        ).fetchall()
-        if not rows:
-            raise NoSuchFile(f"no file {path!r}")
-        return [info_from_change(change_from_row(row), bool(row[10])) for row in rows]
+        return reads.versions(self._reader(), path)
 
     def list_versions(self, prefix: str, after: tuple[str, str | None] | None,
                       limit: int) -> tuple[list[FileInfo], tuple[str, str] | None]:
         """
-        Kept versions (delete markers included) of every path under
-        C{prefix}: paths in UTF-8 byte order, each path's versions newest
-        first; see L{owncdn.interfaces.IVersionedFiles.list_versions}.
+        L{reads.list_versions}.
         """
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        where = ["c.path >= :lower", "c.op != 'purge'", "c.pruned = 0"]
-        params = {"lower": prefix, "limit": limit + 1}
-        upper = prefix_upper_bound(prefix)
-        if upper is not None:
-            where.append("c.path < :upper")
-            params["upper"] = upper
-        if after is not None:
-            key, version = after
-            params["lower"] = max(prefix, key)
-            params["key"] = key
-            if version is None:
-                where.append("c.path > :key")
-            else:
-                where.append("(c.path > :key OR (c.path = :key AND c.id < :id))")
-                params["id"] = change_id_of(version)
-        rows = self._reader().execute(
-            f"SELECT {CHANGE_COLUMNS}, c.superseded IS NULL FROM changes c"
-            f" WHERE {' AND '.join(where)} ORDER BY c.path, c.id DESC LIMIT :limit",
-            params,
-        ).fetchall()
-        infos = [info_from_change(change_from_row(row), bool(row[10])) for row in rows[:limit]]
-        following = (infos[-1].path, infos[-1].version) if len(rows) > limit else None
-        return infos, following
+        return reads.list_versions(self._reader(), prefix, after, limit)
 
     def changes_after(self, after: int, limit: int) -> list[Change]:
-        rows = self._reader().execute(
-            f"SELECT {CHANGE_COLUMNS} FROM changes c WHERE c.id > ? ORDER BY c.id LIMIT ?",
-            (after, limit),
-        ).fetchall()
-        return [change_from_row(row) for row in rows]
+        """
+        L{reads.changes_after}.
+        """
+        return reads.changes_after(self._reader(), after, limit)

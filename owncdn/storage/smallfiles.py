@@ -11,7 +11,7 @@ service is the database's only writer no change can slip past it.
 
 from collections import OrderedDict
 
-from owncdn.storage.engine import LoadedVersion
+from owncdn.storage.reads import LoadedVersion
 
 # Cache size: ~500 typical web assets, or 512 files of the largest
 # small size, for the price of 32 MiB.
