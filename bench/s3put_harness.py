@@ -18,7 +18,6 @@ target is judged by.
 
 import argparse
 import cProfile
-import gc
 import os
 import pstats
 import sys
@@ -34,6 +33,7 @@ from s3_load import Account  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.error import ConnectionDone  # noqa: E402
 
+from owncdn.runtime import tune  # noqa: E402
 from owncdn.tap import build_daemon  # noqa: E402
 
 BODY = os.urandom(1024)
@@ -98,7 +98,7 @@ def main() -> None:
         root.startService()
         # What the daemon does once its reactor runs (iterate never
         # fires callWhenRunning).
-        gc.freeze()
+        tune()
         site = next(child.factory for child in root.getServiceNamed("web")
                     if hasattr(child, "factory"))
         try:

@@ -3,7 +3,6 @@ The twistd plugin's options and C{makeService}, shared by
 C{twistd owncdn} and C{owncdn.tac}.
 """
 
-import gc
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from owncdn import config as configmod
+from owncdn import runtime
 from owncdn.lockfile import FileLock, LockedByOther
 from owncdn.registry import ServiceContext, ServiceRegistry, build_services
 from owncdn.state import DaemonState
@@ -268,10 +268,7 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
     for description, endpoint in listeners:
         ListenService(description, endpoint, site).setServiceParent(web)
     web.setServiceParent(root)
-    # What start-up built (modules, configuration, services) lives as
-    # long as the daemon: taking it out of the collector's generations
-    # keeps full collections, which stall every request, short.
-    reactor.callWhenRunning(gc.freeze)
+    reactor.callWhenRunning(runtime.tune)
     return root
 
 

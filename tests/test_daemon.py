@@ -5,10 +5,12 @@ sockets (treq, and a raw TCP client for what treq will not send).
 """
 
 import datetime
+import gc
 import hashlib
 import ipaddress
 import json
 import os
+import platform
 import stat
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from owncdn import config as configmod
+from owncdn.runtime import YOUNG_COLLECTION_THRESHOLD, tune_allocator, tune_collector
 from owncdn.tap import Options
 from tests.daemon import LOCAL, eventually, spawn_daemon, start_daemon, write_config
 from tests.util import asynctest
@@ -142,6 +145,31 @@ class OptionsTests(SynchronousTestCase):
         """--listen may be given several times, in order, replacing the default."""
         options = self.parse("--listen", "tcp:80", "--listen", "ssl:443:privateKey=k:certKey=c")
         self.assertEqual(options["listen"], ["tcp:80", "ssl:443:privateKey=k:certKey=c"])
+
+
+class RuntimeTests(SynchronousTestCase):
+    """
+    Once running, the daemon takes what start-up built out of the
+    collector's generations, collects young objects less often, and
+    keeps big buffers on the C heap.
+    """
+
+    def test_tune_allocator(self):
+        # glibc (this project's Linux targets) takes the settings.
+        if platform.libc_ver()[0] == "glibc":
+            self.assertTrue(tune_allocator())
+            self.assertTrue(tune_allocator())
+
+    def test_tune_collector(self):
+        threshold = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *threshold)
+        self.addCleanup(gc.unfreeze)
+        survivor = [object()]
+        tune_collector()
+        self.assertEqual(gc.get_threshold(), (YOUNG_COLLECTION_THRESHOLD, *threshold[1:]))
+        self.assertGreater(gc.get_freeze_count(), 0)
+        # Frozen objects are no longer tracked by any generation's walk.
+        self.assertNotIn(survivor, gc.get_objects(generation=2))
 
 
 class DaemonTestCase(TestCase):
