@@ -60,6 +60,9 @@ class QueuedPool:
     def callInThreadWithCallback(self, on_result, func, *args, **kwargs) -> None:
         self.jobs.append((on_result, func, args, kwargs))
 
+    def callInThread(self, func, *args, **kwargs) -> None:
+        self.callInThreadWithCallback(lambda success, result: None, func, *args, **kwargs)
+
     def run(self, limit: int = 10_000) -> None:
         """
         Run the queued jobs, and those they queue, in order.
@@ -277,6 +280,27 @@ class SpooledDownloadTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d, OSError).value.errno, 28)
         self.assert_spool_closed()
 
+    def test_released_spool_is_closed_in_the_pool(self):
+        """A spool handed back is closed in the pool; once the client is closed, at once."""
+        d, response = self.getfile(put_change(self.data))
+        self.send(response, self.data)
+        self.finish(response)
+        spool = self.successResultOf(d)
+        self.client.release(spool)
+        self.assertFalse(spool.closed)
+        self.pool.run()
+        self.assertTrue(spool.closed)
+        self.successResultOf(self.client.close())
+        self.assertFalse(self.pool.started)
+        self.agent.responses.clear()
+        d, response = self.getfile(put_change(self.data))
+        self.send(response, self.data)
+        self.finish(response)
+        spool = self.successResultOf(d)
+        self.client.close()
+        self.client.release(spool)
+        self.assertTrue(spool.closed)
+
     def test_small_body_needs_no_thread(self):
         """A body up to MEMORY_BODY is downloaded in memory, without a spool file or a thread."""
         data = self.data[:MEMORY_BODY]
@@ -315,7 +339,7 @@ class RealThreadsTests(TestCase):
         self.addCleanup(client.close)
         spools = SpoolRecorder(self)
         spool = await client.getfile(put_change(data))
-        self.addCleanup(spool.close)
+        self.addCleanup(client.release, spool)
         self.assertEqual(spool.read(), data)
         (made,) = spools.files
         reactor_thread = threading.current_thread()

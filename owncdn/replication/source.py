@@ -256,6 +256,18 @@ class SourceClient:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
 
+    def release(self, body: BinaryIO) -> None:
+        """
+        Close a body L{getfile} gave: one in memory at once, a spool file
+        in the spool threads (closing it frees its blocks on disk), or
+        at once if they are stopped.
+        """
+        threads = self._spool_threads
+        if threads is None or isinstance(body, io.BytesIO):
+            body.close()
+        else:
+            threads.callInThread(body.close)
+
     async def syncnext(self, after: int, limit: int, wait: int) -> bytes:
         """
         One long poll: the body of a 200 answer.
