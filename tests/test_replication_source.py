@@ -27,8 +27,8 @@ from twisted.web.server import Site
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
 from owncdn.replication import source
-from owncdn.replication.source import (CONNECT_SLACK, MEMORY_BODY, SPOOL_AHEAD, SourceClient,
-                                       SyncError)
+from owncdn.replication.source import (CONNECT_SLACK, MEMORY_BODY, SPOOL_AHEAD, SPOOL_BLOCK,
+                                       SourceClient, SyncError)
 from owncdn.testing import ThreadlessClock
 from tests.util import asynctest
 
@@ -194,19 +194,19 @@ class SpooledDownloadTests(SynchronousTestCase):
         d, response = self.getfile(put_change(self.data))
         self.send(response, self.data[:SPOOL_AHEAD])
         self.assertEqual(response.transport.producerState, "producing")
-        response.protocol.dataReceived(self.data[SPOOL_AHEAD:SPOOL_AHEAD + PIECE])
+        self.send(response, self.data[SPOOL_AHEAD:SPOOL_AHEAD + SPOOL_BLOCK])
         self.assertEqual(response.transport.producerState, "paused")
         self.assertEqual(self.spools.files, [])  # nothing made or written on this thread
         self.pool.run()
         self.assertEqual(response.transport.producerState, "producing")
-        self.send(response, self.data[SPOOL_AHEAD + PIECE:])
+        self.send(response, self.data[SPOOL_AHEAD + SPOOL_BLOCK:])
         self.finish(response)
         self.assertEqual(self.successResultOf(d).read(), self.data)
 
     def test_paused_body_is_not_a_stalled_one(self):
         """A body we paused does not time out; once resumed, the stall timeout counts again."""
         d, response = self.getfile(put_change(self.data))
-        self.send(response, self.data[:SPOOL_AHEAD + PIECE])
+        self.send(response, self.data[:SPOOL_AHEAD + SPOOL_BLOCK])
         self.assertEqual(response.transport.producerState, "paused")
         for _ in range(4):
             self.clock.advance(CONNECT_SLACK)
@@ -273,7 +273,7 @@ class SpooledDownloadTests(SynchronousTestCase):
         """A spool write that fails (disk full) drops the connection without reading the rest."""
         self.spools = SpoolRecorder(self, fail_writes=True)
         d, response = self.getfile(put_change(self.data))
-        self.send(response, self.data[:PIECE])
+        self.send(response, self.data[:SPOOL_BLOCK])
         self.pool.run()
         self.assertEqual(response.transport.producerState, "stopped")
         self.pool.run()

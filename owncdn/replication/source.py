@@ -24,7 +24,6 @@ import io
 import json
 import tempfile
 import threading
-from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Callable
 from urllib.parse import quote, urlencode
@@ -58,6 +57,10 @@ MEMORY_BODY = 64 * 1024
 # connection stops reading until the spool thread has caught up to half
 # of it: with the poller's 16 downloads at most 64 MiB wait in memory.
 SPOOL_AHEAD = 4 * 1024 * 1024
+# A spooled body's pieces go to the spool thread this many bytes at a
+# time: one hand-over per piece (64 KiB at most) cost as much CPU again
+# as the thread saved the reactor.
+SPOOL_BLOCK = 256 * 1024
 # Threads that create, write and hash the spool files of all downloads.
 SPOOL_THREADS = 2
 # The most read of a syncnext answer (1,000 changes are well under a
@@ -245,9 +248,9 @@ class SourceClient:
     def close(self) -> defer.Deferred:
         """
         Stop the spool threads once the work queued for them is done (the
-        closing of the spools of downloads just cancelled), and close the
-        idle connections of its own pool.  A later spooled body starts
-        new threads.
+        closing of the spools of downloads just cancelled: cancel every
+        download first), and close the idle connections of its own
+        pool.  A later spooled body starts new threads.
         """
         threads, self._spool_threads = self._spool_threads, None
         if threads is not None:
@@ -285,10 +288,10 @@ class SourceClient:
         Download the content of a put into a spool file (a small one into
         memory), checking its size and SHA-256.
 
-        @return: a Deferred that fires with the spool, positioned at 0,
-            or with C{None} when the source has pruned the version
-            (C{NoSuchVersion}), or fails with L{SyncError}; cancelling
-            it drops the download.
+        @return: a Deferred that fires with the spool, positioned at 0
+            (give it back with L{release}), or with C{None} when the
+            source has pruned the version (C{NoSuchVersion}), or fails
+            with L{SyncError}; cancelling it drops the download.
         """
         url = b"%s%s&version=%s" % (self._getfile, _quoted(change.path, "/"),
                                     _quoted(change.version))
@@ -388,12 +391,13 @@ class SourceClient:
 class _SpoolFile:
     """
     A spool file and the SHA-256 of the bytes written to it, fed by a
-    L{DigestChain} (it has the shape of a running digest): L{update}
-    runs in a pool thread, one block after another, and creates the file
-    with the first.  L{finish} and L{discard} run in pool jobs of their
-    own, so every use of the file holds a lock; after L{discard} nothing
-    is written any more.
+    L{DigestChain} (it has the shape of a running digest whose blocks
+    are lists of pieces): L{update} runs in a pool thread, one block
+    after another, and creates the file with the first.  L{finish} and
+    L{discard} run in pool jobs of their own, so every use of the file
+    holds a lock; after L{discard} nothing is written any more.
 
+    @ivar written: how many bytes have been written (and hashed).
     @ivar error: what writing raised, if it failed.
     """
 
@@ -403,20 +407,23 @@ class _SpoolFile:
         self._sha256 = hashlib.sha256()
         self._lock = threading.Lock()
         self._discarded = False
+        self.written = 0
         self.error: Exception | None = None
 
-    def update(self, block: bytes) -> None:
+    def update(self, pieces: list[bytes]) -> None:
         with self._lock:
             if self._discarded or self.error is not None:
                 return
             try:
                 if self._file is None:
                     self._file = _open_spool_file(self._directory)
-                self._file.write(block)
+                for piece in pieces:
+                    self._file.write(piece)
+                    self._sha256.update(piece)
+                    self.written += len(piece)
             except Exception as error:
                 self.error = error
                 raise
-            self._sha256.update(block)
 
     def digest(self) -> bytes:
         return self._sha256.digest()
@@ -450,11 +457,12 @@ def _open_spool_file(directory: Path) -> BinaryIO:
 
 class _Spooled:
     """
-    The reactor side of a body downloaded into a L{_SpoolFile}: each
-    piece is handed to a L{DigestChain} in C{pool} to be written and
-    hashed, and C{body} is paused while more than L{SPOOL_AHEAD} bytes
-    wait for it (resumed at half).  A failed write fails the body at
-    once.
+    The reactor side of a body downloaded into a L{_SpoolFile}: its
+    pieces are handed, L{SPOOL_BLOCK} bytes at a time, to a
+    L{DigestChain} in C{pool} to be written and hashed, and C{body} is
+    paused while more than L{SPOOL_AHEAD} bytes wait for it.  The pool
+    calls back to the reactor only to resume C{body} (at half) or to
+    fail it at once when a write failed, not for every block.
     """
 
     def __init__(self, directory: Path, pool: ThreadPool, reactor, body: _Body):
@@ -463,31 +471,61 @@ class _Spooled:
         self._body = body
         self._file = _SpoolFile(directory)
         self._chain = DigestChain(self._file, pool, self._written_in_pool)
-        self._sizes: deque[int] = deque()
-        self._waiting = 0
+        self._pieces: list[bytes] = []
+        self._piece_bytes = 0
+        # Shared with the pool thread, under the lock.
+        self._lock = threading.Lock()
+        self._handed = 0
+        self._paused = False
+        self._failing = False
 
     def write(self, data: bytes) -> None:
-        self._sizes.append(len(data))
-        self._waiting += len(data)
-        self._chain.update(data)
-        if self._waiting > SPOOL_AHEAD:
+        self._pieces.append(data)
+        self._piece_bytes += len(data)
+        if self._piece_bytes >= SPOOL_BLOCK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        pieces, self._pieces = self._pieces, []
+        with self._lock:
+            self._handed += self._piece_bytes
+        self._piece_bytes = 0
+        self._chain.update(pieces)
+        with self._lock:
+            # Checked under the lock: a block written after this sees
+            # the pause and resumes; one written before is counted here.
+            pause = self._handed - self._file.written > SPOOL_AHEAD
+            if pause:
+                self._paused = True
+        if pause:
             self._body.pauseProducing()
 
     def _written_in_pool(self) -> None:
-        self._reactor.callFromThread(self._written)
+        with self._lock:
+            if self._file.error is not None:
+                if self._failing:
+                    return
+                self._failing = True
+                then = self._write_failed
+            elif self._paused and self._handed - self._file.written <= SPOOL_AHEAD // 2:
+                self._paused = False
+                then = self._body.resumeProducing
+            else:
+                return
+        self._reactor.callFromThread(then)
 
-    def _written(self) -> None:
-        self._waiting -= self._sizes.popleft()
-        if self._file.error is not None:
-            self._body.fail(Failure(self._file.error))
-        elif self._waiting <= SPOOL_AHEAD // 2:
-            self._body.resumeProducing()
+    def _write_failed(self) -> None:
+        self._body.fail(Failure(self._file.error))
 
     def finish(self) -> defer.Deferred:
         """
+        Hand over the last pieces.
+
         @return: a Deferred that fires with the spool file, positioned at
             0, and the SHA-256 of its bytes once all are written.
         """
+        if self._pieces:
+            self._hand_over()
         return deferToThreadPool(self._reactor, self._pool, self._file.finish, self._chain)
 
     def discard(self) -> defer.Deferred:
