@@ -4,6 +4,7 @@ and 100 long-polling replicas on one primary.
 
     .venv/bin/python bench/replication_bench.py [--uploads 200] [--catchup 10000]
         [--waiters 100] [--idle-seconds 10] [--only lag|catchup|waiters] [--profile]
+        [--catchup-size BYTES]
 
 lag: a small file is uploaded to the primary; the time from the upload's
 answer to the moment the replica serves it (a syncnext long poll on the
@@ -19,6 +20,9 @@ machine used during catch-up ("other load").  The CPU time of both
 daemons during catch-up is reported, the replica's split into its
 reactor thread and the rest (the storage threads); --profile adds
 py-spy profiles of the replica and the primary (bench/results/).
+With --catchup-size the files all have that size instead (say 100 files
+of 4 MiB: the replica's spooled downloads); the rate is then reported in
+MB/s too, without a verdict.
 
 waiters: 100 clients each hold a syncnext long poll (wait=60) on the
 primary; the primary's CPU time is read over an idle period, then one
@@ -159,16 +163,18 @@ def bench_lag(primary: Daemon, replica: Daemon, uploads: int) -> dict:
     return {"lags_ms": lags, "median_ms": median, "p99_ms": p99}
 
 
-def upload_many(port: int, count: int, connections: int = 4) -> float:
+def upload_many(port: int, count: int, size: int | None = None, connections: int = 4) -> float:
     """
-    Upload C{count} files of 1-10 KiB over a few connections; seconds.
+    Upload C{count} files of 1-10 KiB (or of C{size} bytes each) over a
+    few connections; seconds.
     """
     local = threading.local()
 
     def one(n: int) -> None:
         if not hasattr(local, "client"):
             local.client = Client(port)
-        local.client.upload(f"catchup/{n // 100:03d}/{n:05d}.bin", small_body(n))
+        body = small_body(n) if size is None else os.urandom(size)
+        local.client.upload(f"catchup/{n // 100:03d}/{n:05d}.bin", body)
 
     started = time.monotonic()
     with ThreadPoolExecutor(connections) as pool:
@@ -192,11 +198,12 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return times
 
 
-def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool) -> dict:
+def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool,
+                  size: int | None = None) -> dict:
     with _Closing(Client(primary.port)) as client:
         # The replica was up to date (or never started) when it stopped.
         before = client.last()
-    seconds = upload_many(primary.port, count)
+    seconds = upload_many(primary.port, count, size)
     with _Closing(Client(primary.port)) as client:
         last = client.last()
     print(f"uploaded {count:,} files to the primary while the replica was down "
@@ -226,15 +233,20 @@ def bench_catchup(primary: Daemon, replica_dir: Path, count: int, profile: bool)
     applied = last - before
     rate = applied / (done - started)
     reactor = threads.pop(replica.pid, 0.0)
-    print(f"catch-up: {applied:,} changes in {done - started:.1f} s = {rate:,.0f} changes/s "
-          f"(target >= {CATCHUP_RATE:,}): {'PASS' if rate >= CATCHUP_RATE else 'FAIL'}")
+    if size is None:
+        print(f"catch-up: {applied:,} changes in {done - started:.1f} s = {rate:,.0f} "
+              f"changes/s (target >= {CATCHUP_RATE:,}): "
+              f"{'PASS' if rate >= CATCHUP_RATE else 'FAIL'}")
+    else:
+        print(f"catch-up: {applied:,} files of {size:,} bytes in {done - started:.1f} s = "
+              f"{rate:,.1f} changes/s, {rate * size / 1e6:,.0f} MB/s")
     print(f"  CPU: replica {cpu:.1f} s (reactor thread {reactor:.1f} s, other threads "
           f"{sum(threads.values()):.1f} s), primary {primary_cpu:.1f} s; "
           f"{cpu / applied * 1000:.2f} ms of replica CPU per change; other load {other:.2f} "
           f"cores (before: {quiet:.2f})")
     for name, spy in zip(("replica", "primary"), spies):
         print(f"{name}:\n{spy.wait()}")
-    return {"changes": applied, "seconds": done - started, "rate": rate,
+    return {"changes": applied, "size": size, "seconds": done - started, "rate": rate,
             "upload_seconds": seconds, "replica_cpu": cpu, "replica_reactor_cpu": reactor,
             "replica_other_cpu": sum(threads.values()), "primary_cpu": primary_cpu,
             "other_load": other, "other_load_before": quiet}
@@ -308,6 +320,8 @@ def main() -> None:
     parser.add_argument("--waiters", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=("lag", "catchup", "waiters"))
+    parser.add_argument("--catchup-size", type=int,
+                        help="catch up files of this many bytes instead of 1-10 KiB")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the replica during catch-up (bench/results/)")
     args = parser.parse_args()
@@ -332,7 +346,7 @@ def main() -> None:
                     replica.stop()
             if args.only in (None, "catchup"):
                 results["catchup"] = bench_catchup(primary, replica_dir, args.catchup,
-                                                 args.profile)
+                                                 args.profile, args.catchup_size)
             if args.only in (None, "waiters"):
                 results["waiters"] = bench_waiters(primary, args.waiters, args.idle_seconds)
         finally:

@@ -310,7 +310,7 @@ class _Batch:
         del self.downloads[index]
         if index >= self.end:
             if body is not None:
-                body.close()
+                self.poller.client.release(body)
             return
         self.bodies[index] = body
         self.ready[index] = True
@@ -336,7 +336,7 @@ class _Batch:
         self.answered += 1
         body, self.bodies[index] = self.bodies[index], None
         if body is not None:
-            body.close()
+            self.poller.client.release(body)
         if isinstance(result, Failure) and self.refused is None:
             self.refused = result
             self._stop_at(self.handed)
@@ -353,7 +353,7 @@ class _Batch:
         for later in range(index, self.started):
             body, self.bodies[later] = self.bodies[later], None
             if body is not None:
-                body.close()
+                self.poller.client.release(body)
 
     def _cancel(self, _) -> None:
         # The poller stops: what was handed over still commits.

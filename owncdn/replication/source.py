@@ -11,12 +11,19 @@ wrapper) was most of the replica's reactor time.  Here a C{getfile} is
 one URL joined from a prefix built once per source, and one request on
 the pool.  Timeouts stay explicit: an answer whose head does not come in
 time fails, and so does a body that stops arriving for as long.
+
+A body bigger than L{MEMORY_BODY} goes to a spool file that is created,
+written and hashed in the client's own small thread pool, piece after
+piece in order (a L{DigestChain} over the file), never on the reactor
+thread; while more than L{SPOOL_AHEAD} bytes wait for that thread the
+connection stops reading.
 """
 
 import hashlib
 import io
 import json
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 from urllib.parse import quote, urlencode
@@ -25,7 +32,9 @@ from hyperlink import EncodedURL
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool,
                                 ResponseDone, URI)
 from twisted.web.error import SchemeNotSupported
@@ -35,6 +44,7 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from owncdn.config import ReplicationSource
+from owncdn.digests import DigestChain
 from owncdn.interfaces import Change
 
 # Seconds to connect and get an answer's head (beyond a long poll's
@@ -43,6 +53,16 @@ CONNECT_SLACK = 15
 # Bodies up to this size are downloaded into memory: creating a spool
 # file costs more than the rest of a small change.
 MEMORY_BODY = 64 * 1024
+# Bytes of a spooled body received but not yet written, past which its
+# connection stops reading until the spool thread has caught up to half
+# of it: with the poller's 16 downloads at most 64 MiB wait in memory.
+SPOOL_AHEAD = 4 * 1024 * 1024
+# A spooled body's pieces go to the spool thread this many bytes at a
+# time: one hand-over per piece (64 KiB at most) cost as much CPU again
+# as the thread saved the reactor.
+SPOOL_BLOCK = 256 * 1024
+# Threads that create, write and hash the spool files of all downloads.
+SPOOL_THREADS = 2
 # The most read of a syncnext answer (1,000 changes are well under a
 # megabyte) and of an error's body.
 LONGEST_ANSWER = 64 * 1024 * 1024
@@ -61,12 +81,18 @@ class _Body(Protocol):
     body is complete, and fails when C{write} raises, when the connection
     is lost, or when L{watch} sees nothing arrive for its timeout; a
     failure or a cancellation drops the connection.
+
+    Its L{pauseProducing} and L{resumeProducing} stop and restart the
+    reading of the connection (for a consumer that falls behind); a
+    paused body is not a stalled one, so L{watch} does not count the
+    time it is paused.
     """
 
     def __init__(self, write: Callable[[bytes], object]):
         self._write = write
         self.done = defer.Deferred(self._cancel)
         self._arrived = False
+        self._paused = False
         self._watch = None
 
     def watch(self, reactor, timeout: float) -> None:
@@ -79,12 +105,12 @@ class _Body(Protocol):
         self._arrived = False
 
         def check():
-            if self._arrived:
+            if self._arrived or self._paused:
                 self._arrived = False
                 self._watch = reactor.callLater(timeout, check)
             else:
                 self._watch = None
-                self._stop(Failure(SyncError(f"the source sent nothing for {timeout:g} s")))
+                self.fail(Failure(SyncError(f"the source sent nothing for {timeout:g} s")))
 
         self._watch = reactor.callLater(timeout, check)
 
@@ -95,7 +121,20 @@ class _Body(Protocol):
         try:
             self._write(data)
         except Exception:
-            self._stop(Failure())
+            self.fail(Failure())
+
+    def pauseProducing(self) -> None:
+        if not self._paused and not self.done.called:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            # The stall timeout counts from here.
+            self._arrived = True
+            if not self.done.called:
+                self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._unwatch()
@@ -111,7 +150,13 @@ class _Body(Protocol):
             self._watch.cancel()
         self._watch = None
 
-    def _stop(self, failure: Failure) -> None:
+    def fail(self, failure: Failure) -> None:
+        """
+        Fail L{done} with C{failure} and drop the connection, unless the
+        body is already complete or failed.
+        """
+        if self.done.called:
+            return
         self._unwatch()
         self.done.errback(failure)
         self.transport.stopProducing()
@@ -157,13 +202,18 @@ class SourceClient:
         (the long poll's and one per concurrent download: twisted's
         default of two per host would make most downloads open, and the
         source accept, a new TCP connection).
+    @param make_pool: builds the thread pool of the spool files from
+        C{(minthreads, maxthreads, name)}, on the first spooled body.
     """
 
     def __init__(self, source: ReplicationSource, remote_sid: str, reactor, spool_dir: Path,
-                 agent: IAgent | None = None, connections: int = 2):
+                 agent: IAgent | None = None, connections: int = 2,
+                 make_pool: Callable[[int, int, str], ThreadPool] = ThreadPool):
         self.remote_sid = remote_sid
         self.reactor = reactor
         self.spool_dir = Path(spool_dir)
+        self._make_pool = make_pool
+        self._spool_threads: ThreadPool | None = None
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -197,11 +247,29 @@ class SourceClient:
 
     def close(self) -> defer.Deferred:
         """
-        Close the idle connections of its own pool.
+        Stop the spool threads once the work queued for them is done (the
+        closing of the spools of downloads just cancelled: cancel every
+        download first), and close the idle connections of its own
+        pool.  A later spooled body starts new threads.
         """
+        threads, self._spool_threads = self._spool_threads, None
+        if threads is not None:
+            threads.stop()
         if self._pool is None:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
+
+    def release(self, body: BinaryIO) -> None:
+        """
+        Close a body L{getfile} gave: one in memory at once, a spool file
+        in the spool threads (closing it frees its blocks on disk), or
+        at once if they are stopped.
+        """
+        threads = self._spool_threads
+        if threads is None or isinstance(body, io.BytesIO):
+            body.close()
+        else:
+            threads.callInThread(body.close)
 
     async def syncnext(self, after: int, limit: int, wait: int) -> bytes:
         """
@@ -220,10 +288,10 @@ class SourceClient:
         Download the content of a put into a spool file (a small one into
         memory), checking its size and SHA-256.
 
-        @return: a Deferred that fires with the spool, positioned at 0,
-            or with C{None} when the source has pruned the version
-            (C{NoSuchVersion}), or fails with L{SyncError}; cancelling
-            it drops the download.
+        @return: a Deferred that fires with the spool, positioned at 0
+            (give it back with L{release}), or with C{None} when the
+            source has pruned the version (C{NoSuchVersion}), or fails
+            with L{SyncError}; cancelling it drops the download.
         """
         url = b"%s%s&version=%s" % (self._getfile, _quoted(change.path, "/"),
                                     _quoted(change.version))
@@ -235,8 +303,7 @@ class SourceClient:
         d = self.agent.request(b"GET", url, self._headers)
         return d.addTimeout(timeout, self.reactor, onTimeoutCancel=_no_answer)
 
-    def _receive(self, response: IResponse, write: Callable[[bytes], object]) -> defer.Deferred:
-        body = _Body(write)
+    def _receive(self, response: IResponse, body: _Body) -> defer.Deferred:
         response.deliverBody(body)
         if not body.done.called:
             body.watch(self.reactor, CONNECT_SLACK)
@@ -250,37 +317,30 @@ class SourceClient:
             if len(data) > longest:
                 raise SyncError(f"the source's answer is longer than {longest} bytes")
 
-        return self._receive(response, write).addCallback(lambda _: bytes(data))
+        return self._receive(response, _Body(write)).addCallback(lambda _: bytes(data))
 
     def _receive_content(self, response: IResponse, change: Change) -> defer.Deferred:
         if response.code != 200:
             d = self._read(response, LONGEST_ERROR)
             return d.addCallback(_not_downloaded, response.code, change)
         if change.size <= MEMORY_BODY:
-            spool: BinaryIO = io.BytesIO()
-        else:
-            spool = tempfile.TemporaryFile(dir=self.spool_dir, prefix="replica-")
+            return self._receive_in_memory(response, change)
+        return self._receive_spooled(response, change)
+
+    def _receive_in_memory(self, response: IResponse, change: Change) -> defer.Deferred:
+        spool = io.BytesIO()
         digest = hashlib.sha256()
         size = 0
 
         def write(data: bytes) -> None:
             nonlocal size
-            size += len(data)
-            if size > change.size:
-                # Stop reading now: a body in memory must not grow past
-                # what the change announced.
-                raise SyncError(f"{change.path} version {change.version} has more than "
-                                f"{change.size} bytes")
+            size = _counted(change, size, data)
             digest.update(data)
             spool.write(data)
 
         def received(_) -> BinaryIO:
-            if size != change.size:
-                raise SyncError(f"{change.path} version {change.version} has {size} bytes, "
-                                f"not {change.size}")
-            if change.sha256 is not None and digest.hexdigest() != change.sha256:
-                raise SyncError(f"the bytes of {change.path} version {change.version} "
-                                f"do not match their SHA-256")
+            _check_size(change, size)
+            _check_sha256(change, digest.hexdigest())
             spool.seek(0)
             return spool
 
@@ -288,10 +348,213 @@ class SourceClient:
             spool.close()
             return failure
 
-        d = self._receive(response, write)
+        d = self._receive(response, _Body(write))
         d.addCallback(received)
         d.addErrback(failed)
         return d
+
+    def _receive_spooled(self, response: IResponse, change: Change) -> defer.Deferred:
+        size = 0
+
+        def write(data: bytes) -> None:
+            nonlocal size
+            size = _counted(change, size, data)
+            spooled.write(data)
+
+        def received(_) -> defer.Deferred:
+            _check_size(change, size)
+            return spooled.finish()
+
+        def finished(result: tuple[BinaryIO, str]) -> BinaryIO:
+            spool, sha256 = result
+            _check_sha256(change, sha256)
+            return spool
+
+        def failed(failure: Failure) -> defer.Deferred:
+            return spooled.discard().addBoth(lambda _: failure)
+
+        body = _Body(write)
+        spooled = _Spooled(self.spool_dir, self._spool_pool(), self.reactor, body)
+        d = self._receive(response, body)
+        d.addCallback(received)
+        d.addCallback(finished)
+        d.addErrback(failed)
+        return d
+
+    def _spool_pool(self) -> ThreadPool:
+        if self._spool_threads is None:
+            self._spool_threads = self._make_pool(0, SPOOL_THREADS, "replica-spool")
+            self._spool_threads.start()
+        return self._spool_threads
+
+
+class _SpoolFile:
+    """
+    A spool file and the SHA-256 of the bytes written to it, fed by a
+    L{DigestChain} (it has the shape of a running digest whose blocks
+    are lists of pieces): L{update} runs in a pool thread, one block
+    after another, and creates the file with the first.  L{finish} and
+    L{discard} run in pool jobs of their own, so every use of the file
+    holds a lock; after L{discard} nothing is written any more.
+
+    @ivar written: how many bytes have been written (and hashed).
+    @ivar error: what writing raised, if it failed.
+    """
+
+    def __init__(self, directory: Path):
+        self._directory = directory
+        self._file: BinaryIO | None = None
+        self._sha256 = hashlib.sha256()
+        self._lock = threading.Lock()
+        self._discarded = False
+        self.written = 0
+        self.error: Exception | None = None
+
+    def update(self, pieces: list[bytes]) -> None:
+        with self._lock:
+            if self._discarded or self.error is not None:
+                return
+            try:
+                if self._file is None:
+                    self._file = _open_spool_file(self._directory)
+                for piece in pieces:
+                    self._file.write(piece)
+                    self._sha256.update(piece)
+                    self.written += len(piece)
+            except Exception as error:
+                self.error = error
+                raise
+
+    def digest(self) -> bytes:
+        return self._sha256.digest()
+
+    def finish(self, chain: DigestChain) -> tuple[BinaryIO, str]:
+        """
+        Once C{chain} has written every block: the file, positioned at 0,
+        and the SHA-256 of its bytes in hex.
+
+        @raise Exception: what writing raised.
+        """
+        chain.wait()
+        with self._lock:
+            if self._discarded or self._file is None:
+                raise SyncError("the spool file was discarded")
+            self._file.seek(0)
+            return self._file, self._sha256.hexdigest()
+
+    def discard(self) -> None:
+        with self._lock:
+            self._discarded = True
+            if self._file is not None:
+                self._file.close()
+
+
+def _open_spool_file(directory: Path) -> BinaryIO:
+    # A file without a name (or one unlinked at once): nothing is left
+    # in the folder whatever happens to the download or the process.
+    return tempfile.TemporaryFile(dir=directory, prefix="replica-")
+
+
+class _Spooled:
+    """
+    The reactor side of a body downloaded into a L{_SpoolFile}: its
+    pieces are handed, L{SPOOL_BLOCK} bytes at a time, to a
+    L{DigestChain} in C{pool} to be written and hashed, and C{body} is
+    paused while more than L{SPOOL_AHEAD} bytes wait for it.  The pool
+    calls back to the reactor only to resume C{body} (at half) or to
+    fail it at once when a write failed, not for every block.
+    """
+
+    def __init__(self, directory: Path, pool: ThreadPool, reactor, body: _Body):
+        self._reactor = reactor
+        self._pool = pool
+        self._body = body
+        self._file = _SpoolFile(directory)
+        self._chain = DigestChain(self._file, pool, self._written_in_pool)
+        self._pieces: list[bytes] = []
+        self._piece_bytes = 0
+        # Shared with the pool thread, under the lock.
+        self._lock = threading.Lock()
+        self._handed = 0
+        self._paused = False
+        self._failing = False
+
+    def write(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._piece_bytes += len(data)
+        if self._piece_bytes >= SPOOL_BLOCK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        pieces, self._pieces = self._pieces, []
+        with self._lock:
+            self._handed += self._piece_bytes
+        self._piece_bytes = 0
+        self._chain.update(pieces)
+        with self._lock:
+            # Checked under the lock: a block written after this sees
+            # the pause and resumes; one written before is counted here.
+            pause = self._handed - self._file.written > SPOOL_AHEAD
+            if pause:
+                self._paused = True
+        if pause:
+            self._body.pauseProducing()
+
+    def _written_in_pool(self) -> None:
+        with self._lock:
+            if self._file.error is not None:
+                if self._failing:
+                    return
+                self._failing = True
+                then = self._write_failed
+            elif self._paused and self._handed - self._file.written <= SPOOL_AHEAD // 2:
+                self._paused = False
+                then = self._body.resumeProducing
+            else:
+                return
+        self._reactor.callFromThread(then)
+
+    def _write_failed(self) -> None:
+        self._body.fail(Failure(self._file.error))
+
+    def finish(self) -> defer.Deferred:
+        """
+        Hand over the last pieces.
+
+        @return: a Deferred that fires with the spool file, positioned at
+            0, and the SHA-256 of its bytes once all are written.
+        """
+        if self._pieces:
+            self._hand_over()
+        return deferToThreadPool(self._reactor, self._pool, self._file.finish, self._chain)
+
+    def discard(self) -> defer.Deferred:
+        """
+        Close the spool file (if made) and write nothing more to it.
+        """
+        return deferToThreadPool(self._reactor, self._pool, self._file.discard)
+
+
+def _counted(change: Change, size: int, data: bytes) -> int:
+    size += len(data)
+    if size > change.size:
+        # Stop reading now: a body must not grow past what the change
+        # announced.
+        raise SyncError(f"{change.path} version {change.version} has more than "
+                        f"{change.size} bytes")
+    return size
+
+
+def _check_size(change: Change, size: int) -> None:
+    if size != change.size:
+        raise SyncError(f"{change.path} version {change.version} has {size} bytes, "
+                        f"not {change.size}")
+
+
+def _check_sha256(change: Change, sha256: str) -> None:
+    if change.sha256 is not None and sha256 != change.sha256:
+        raise SyncError(f"the bytes of {change.path} version {change.version} "
+                        f"do not match their SHA-256")
 
 
 def _quoted(text: str, safe: str = "") -> bytes:
