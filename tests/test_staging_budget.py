@@ -8,14 +8,19 @@ L{AHEAD} chunks ahead.
 
 import hashlib
 import random
+from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from owncdn.services.staging import AHEAD
 from owncdn.storage.chunks import CHUNK_SIZE
 from tests import test_staging
+from tests.daemon import start_daemon, write_config
+from tests.test_files_e2e import Client
 from tests.test_staging import Connection, staged_left
 from tests.test_storage_service import Harness
+from tests.util import asynctest
 
 
 class StepPool:
@@ -188,3 +193,29 @@ class StagingBudgetTests(Harness, SynchronousTestCase):
         self.assertTrue(upload.connection.paused)
         self.assertEqual(self.budget.in_flight(), AHEAD)
         self.assert_stored(upload, "big.bin")
+
+
+class ConcurrentUploadTests(TestCase):
+    timeout = 120
+
+    @asynctest
+    async def test_many_uploads_at_once(self):
+        """
+        Eight big uploads at once through the daemon, more than the
+        budget lets run AHEAD chunks ahead each: all are stored whole
+        and nothing is left staged.
+        """
+        data_dir = Path(self.mktemp())
+        write_config(data_dir)
+        daemon = await start_daemon(self, data_dir)
+        client = Client(daemon.url)
+        rng = random.Random(3)
+        files = {f"big{n}.bin": rng.randbytes(12 * CHUNK_SIZE + 777 * n) for n in range(8)}
+        await gatherResults([Deferred.fromCoroutine(client.upload(path, data))
+                             for path, data in files.items()])
+        for path, data in files.items():
+            response, body = await client.get(path)
+            self.assertEqual((response.code, hashlib.sha256(body).hexdigest()),
+                             (200, hashlib.sha256(data).hexdigest()))
+        await daemon.stop()
+        self.assertEqual(staged_left(data_dir / "files.db"), (0, 0))
