@@ -218,6 +218,16 @@ class DigestChain:
         """
         self.wait()
 
+    def abandon(self) -> None:
+        """
+        Drop the blocks not yet hashed (nobody will ask for the digest),
+        so their memory goes now; a block being hashed still counts in
+        L{hashed} when done.
+        """
+        with self._lock:
+            self._blocks.clear()
+            self._room.notify_all()
+
     def close(self) -> None:
         """
         Nothing to stop: the job ends with the blocks handed over.
