@@ -26,9 +26,9 @@ from twisted.web.server import Site
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
-from owncdn.replication import source
-from owncdn.replication.source import (CONNECT_SLACK, MEMORY_BODY, SPOOL_AHEAD, SPOOL_BLOCK,
-                                       SourceClient, SyncError)
+from owncdn.replication import spool
+from owncdn.replication.source import CONNECT_SLACK, MEMORY_BODY, SourceClient, SyncError
+from owncdn.replication.spool import SPOOL_AHEAD, SPOOL_BLOCK
 from owncdn.testing import ThreadlessClock
 from tests.util import asynctest
 
@@ -129,14 +129,14 @@ class SpoolRecorder:
 
     def __init__(self, case, fail_writes: bool = False):
         self.files: list[RecordingFile] = []
-        opened = source._open_spool_file
+        opened = spool._open_spool_file
 
         def open_spool_file(directory):
             made = RecordingFile(opened(directory), fail_writes)
             self.files.append(made)
             return made
 
-        case.patch(source, "_open_spool_file", open_spool_file)
+        case.patch(spool, "_open_spool_file", open_spool_file)
 
 
 class SpooledDownloadTests(SynchronousTestCase):
