@@ -33,6 +33,8 @@ CONFIG_NAME = "owncdn.json"
 ACCESS_LEVELS = ("none", "read", "write")
 DEFAULT_MAX_UPLOAD = 5 * 1024**3
 DEFAULT_HEADER_TIMEOUT = 30.0
+# As nginx's client_body_timeout: the longest a request body may pause.
+DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_S3_UPLOAD_EXPIRY = 7 * 86400.0
 
 _KEY_VALUE = re.compile(r"[\x21-\x7e]+")
@@ -80,6 +82,7 @@ class Config:
     sources: list[ReplicationSource]
     max_upload_size: int = DEFAULT_MAX_UPLOAD
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     s3_upload_expiry: float = DEFAULT_S3_UPLOAD_EXPIRY
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -201,7 +204,7 @@ def parse(raw) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a JSON object")
     known = {"instanceName", "services", "keys", "replicationSources",
-             "maxUploadSize", "headerTimeout", "s3UploadExpiry"}
+             "maxUploadSize", "headerTimeout", "bodyTimeout", "s3UploadExpiry"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level field")
@@ -271,6 +274,7 @@ def parse(raw) -> Config:
         sources=sources,
         max_upload_size=parse_size(raw.get("maxUploadSize", DEFAULT_MAX_UPLOAD), "maxUploadSize"),
         header_timeout=parse_duration(raw.get("headerTimeout", DEFAULT_HEADER_TIMEOUT), "headerTimeout"),
+        body_timeout=parse_duration(raw.get("bodyTimeout", DEFAULT_BODY_TIMEOUT), "bodyTimeout"),
         s3_upload_expiry=parse_duration(raw.get("s3UploadExpiry", DEFAULT_S3_UPLOAD_EXPIRY),
                                         "s3UploadExpiry"),
         raw=raw,

@@ -258,7 +258,8 @@ def build_daemon(data_dir: Path, listen: list[str], reactor) -> service.MultiSer
     UploadExpiry(dispatcher.s3.uploads, reactor).setServiceParent(root)
     site = OwnCDNSite(dispatcher, spool_dir=spool,
                       max_upload_size=config.max_upload_size,
-                      header_timeout=config.header_timeout, reactor=reactor)
+                      header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+                      reactor=reactor)
     for service_config in config.services:
         if service_config.type in ("api", "public"):
             site.request_logs[service_config.id] = RequestLog()

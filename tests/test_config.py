@@ -425,18 +425,20 @@ class GoodFileTests(SynchronousTestCase):
         self.assertEqual(self.config.service("hot").name, "hot")
 
     def test_top_level_defaults(self):
-        """maxUploadSize defaults to 5GB, headerTimeout to 30 seconds, s3UploadExpiry to 7 days."""
+        """maxUploadSize defaults to 5GB, headerTimeout to 30 seconds, bodyTimeout to 60, s3UploadExpiry to 7 days."""
         self.assertEqual(self.config.max_upload_size, 5 * 1024**3)
         self.assertEqual(self.config.header_timeout, 30)
+        self.assertEqual(self.config.body_timeout, 60)
         self.assertEqual(self.config.s3_upload_expiry, 7 * 86400)
 
     def test_top_level_limits(self):
         """maxUploadSize and headerTimeout take units."""
         raw = example()
-        raw.update(maxUploadSize="1GB", headerTimeout="1m", s3UploadExpiry="2d")
+        raw.update(maxUploadSize="1GB", headerTimeout="1m", bodyTimeout="2m", s3UploadExpiry="2d")
         parsed = config.parse(raw)
         self.assertEqual(parsed.max_upload_size, 1024**3)
         self.assertEqual(parsed.header_timeout, 60)
+        self.assertEqual(parsed.body_timeout, 120)
         self.assertEqual(parsed.s3_upload_expiry, 2 * 86400)
 
     def test_keep_versions_booleans(self):

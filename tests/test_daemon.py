@@ -364,7 +364,7 @@ class BadInputTests(DaemonTestCase):
     @asynctest
     async def setUp(self):
         data_dir = self.data_dir()
-        self.keys = write_config(data_dir, maxUploadSize="1KB", headerTimeout=1)
+        self.keys = write_config(data_dir, maxUploadSize="1KB", headerTimeout=1, bodyTimeout=1)
         self.daemon = await start_daemon(self, data_dir)
         self.port = self.daemon.ports[0]
         self.key_header = b"x-owncdn-key: " + self.keys["WRITER"].encode() + b"\r\n"
@@ -425,6 +425,24 @@ class BadInputTests(DaemonTestCase):
         trickle.stop()
         self.assertEqual(response, b"")
         self.assertGreaterEqual(reactor.seconds() - started, 0.9)
+        await self.assert_serving(self.daemon, self.keys["READER"])
+
+    @asynctest
+    async def test_body_stalls(self):
+        """
+        An upload whose body stops arriving is cut after bodyTimeout,
+        unanswered, and nothing of it is stored.
+        """
+        client = await raw_connect(self.port)
+        started = reactor.seconds()
+        client.transport.write(self.request(b"PUT /uploadfile?sid=files&path=stalled HTTP/1.1",
+                                            b"Content-Length: 500") + b"x" * 100)
+        response = await client.until_closed()
+        self.assertEqual(response, b"")
+        # bodyTimeout is 1 s here (not the 60 s default, nor Twisted's 12 hours).
+        self.assertTrue(0.9 <= reactor.seconds() - started < 10)
+        code, body = await call(self.daemon.url, "getfile?sid=files&path=stalled", self.keys["READER"])
+        self.assertEqual((code, body["error"]["code"]), (404, "NoSuchFile"))
         await self.assert_serving(self.daemon, self.keys["READER"])
 
     @asynctest

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import Interface
 
+from owncdn.config import DEFAULT_BODY_TIMEOUT
 from owncdn.s3.errors import new_request_id
 from owncdn.web.channel import OwnCDNChannel
 from owncdn.web.reqlog import RequestLog
@@ -390,9 +391,12 @@ class OwnCDNSite(server.Site):
     protocol = OwnCDNChannel
 
     def __init__(self, resource, *, spool_dir: Path, max_upload_size: int,
-                 header_timeout: float, reactor=None):
-        # Bodies are never form-decoded: uploads are files.
-        super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor)
+                 header_timeout: float, body_timeout: float = DEFAULT_BODY_TIMEOUT, reactor=None):
+        # Bodies are never form-decoded: uploads are files.  Twisted's
+        # idle timeout is what the channel cuts a stalled body with
+        # (OwnCDNChannel._check_deadline); its own default is 12 hours.
+        super().__init__(resource, parsePOSTFormSubmission=False, timeout=body_timeout,
+                         reactor=reactor)
         self.spool_dir = Path(spool_dir)
         self.max_upload_size = max_upload_size
         self.header_timeout = header_timeout
