@@ -438,6 +438,12 @@ class CanonicalFormTests(SynchronousTestCase):
         self.assertEqual(sigv4.canonical_query(b"prefix=a%20b&list-type=2&x-id=ListObjectsV2"),
                          "list-type=2&prefix=a%20b&x-id=ListObjectsV2")
 
+    def test_query_equals_in_value(self):
+        """An unencoded "=" inside a value is encoded as %3D, as AWS canonicalises it."""
+        self.assertEqual(sigv4.canonical_query(b"a=b=c&x-id=PutObject"), "a=b%3Dc&x-id=PutObject")
+        self.assertEqual(sigv4.canonical_query(b"=="), "=%3D")
+        self.assertEqual(sigv4.canonical_query(b"a=1&&b=2"), "a=1&b=2")
+
     def test_query_repeated_names(self):
         """A repeated name sorts by value."""
         self.assertEqual(sigv4.canonical_query(b"a=2&b=1&a=1"), "a=1&a=2&b=1")

@@ -47,8 +47,10 @@ _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _DATE = re.compile(r"[0-9]{8}")
 # Path bytes that canonicalise as themselves.
 _PLAIN_PATH = re.compile(rb"[A-Za-z0-9._~/-]*")
-# A query whose names and values canonicalise as themselves.
-_PLAIN_QUERY = re.compile(rb"[A-Za-z0-9._~=&-]*")
+# A query whose names and values canonicalise as themselves: unreserved
+# characters only, and at most one "=" per parameter (a second one is
+# part of the value, which canonicalises as %3D).
+_PLAIN_QUERY = re.compile(rb"[A-Za-z0-9._~-]*(?:=[A-Za-z0-9._~-]*)?(?:&[A-Za-z0-9._~-]*(?:=[A-Za-z0-9._~-]*)?)*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 # Clients separate the three components with ", " or "," (botocore) and
 # AWS accepts either; some add spaces around "=" pieces too.
@@ -105,11 +107,9 @@ def header_map(raw_headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[str
     """
     headers = {}
     for name, values in raw_headers:
-        if len(values) == 1:
-            headers[name.decode("latin-1").lower()] = values[0].decode("latin-1").strip(" \t")
-        else:
-            headers[name.decode("latin-1").lower()] = ",".join(
-                value.decode("latin-1").strip(" \t") for value in values)
+        headers[name.decode("latin-1").lower()] = (
+            values[0].decode("latin-1").strip(" \t") if len(values) == 1
+            else ",".join(value.decode("latin-1").strip(" \t") for value in values))
     return headers
 
 
