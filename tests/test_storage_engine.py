@@ -21,6 +21,7 @@ from owncdn.errors import BadDigest, NoSuchFile, NoSuchVersion
 from owncdn.interfaces import Change
 from owncdn.storage import guess_content_type, version_id
 from owncdn.storage.chunks import (
+    BLOB_WRITE_SIZE,
     CHUNK_SIZE,
     MIN_COMPRESS_SIZE,
     PROBE_MIN_SIZE,
@@ -305,6 +306,30 @@ class WriteTests(EngineCase):
         content = b"".join(engine.read_chunk(change.id, i) for i in range(4))
         self.assertEqual(content, data)
         self.assertEqual(engine.read_chunk(change.id, 3, decode=False), data[12288:])
+
+    def test_chunks_either_side_of_blob_write_round_trip(self):
+        """
+        Chunks written into a blob (at least BLOB_WRITE_SIZE stored) and
+        bound in the INSERT (smaller) read back byte for byte, raw or
+        compressed.
+        """
+        size = BLOB_WRITE_SIZE
+        engine = self.open("blob-writes.db", chunk_size=size)
+        text = (TEXT * (4 * size // len(TEXT) + 1))[:size]
+        data = os.urandom(size) + text + os.urandom(size - 1)
+        change, _ = engine.put("mixed", io.BytesIO(data), "x", None, None, None, 1.0)
+        conn = connect(engine.db_path)
+        self.addCleanup(conn.close)
+        rows = conn.execute(
+            "SELECT compressed, length(data) FROM chunks WHERE change_id = ? ORDER BY idx",
+            (change.id,)).fetchall()
+        self.assertEqual(rows[0], (0, size))
+        self.assertEqual(rows[1][0], 1)
+        self.assertLess(rows[1][1], size)
+        self.assertEqual(rows[2], (0, size - 1))
+        content = b"".join(engine.read_chunk(change.id, i) for i in range(3))
+        self.assertEqual(content, data)
+        self.assertEqual(hashlib.md5(content).hexdigest(), change.etag)
 
     def test_body_read_in_bounded_blocks(self):
         """A put never asks the body for more than one chunk at a time."""

@@ -59,6 +59,14 @@ SAMPLE_QUALITY = 1
 SAMPLE_MAX_RATIO = 0.9
 
 
+# Chunks at least this big are written into a zero-filled blob of their
+# size rather than bound as a parameter: binding copies the whole chunk
+# once more (SQLite takes a private copy of a bound Python bytes), which
+# is about 0.1 CPU-s per GiB uploaded; filling zeros costs less than
+# that copy.  Smaller chunks are cheaper in one statement.
+BLOB_WRITE_SIZE = 256 * 1024
+
+
 def looks_compressible(data: bytes) -> bool:
     """
     Whether compressing C{data} is worth trying, judged from evenly
@@ -98,10 +106,18 @@ def insert_chunk(conn: sqlite3.Connection, key: int, index: int,
     @return: what L{encode_chunk} made of it.
     """
     stored, compressed = encode_chunk(block)
-    conn.execute(
-        "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
-        (key, index, compressed, stored),
-    )
+    if len(stored) < BLOB_WRITE_SIZE:
+        conn.execute(
+            "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, ?)",
+            (key, index, compressed, stored),
+        )
+        return stored, compressed
+    row = conn.execute(
+        "INSERT INTO chunks (change_id, idx, compressed, data) VALUES (?, ?, ?, zeroblob(?))",
+        (key, index, compressed, len(stored)),
+    ).lastrowid
+    with conn.blobopen("chunks", "data", row) as blob:
+        blob.write(stored)
     return stored, compressed
 
 
