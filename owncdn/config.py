@@ -36,6 +36,12 @@ DEFAULT_HEADER_TIMEOUT = 30.0
 # As nginx's client_body_timeout: the longest a request body may pause.
 DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_S3_UPLOAD_EXPIRY = 7 * 86400.0
+# The region S3 requests must be signed for: the one clients assume when
+# given none (and that GetBucketLocation reports as an empty constraint).
+DEFAULT_S3_REGION = "us-east-1"
+# Lower-case letters, digits and dashes, as AWS region names are; the
+# name goes into headers and XML as it is.
+_REGION = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 
 _KEY_VALUE = re.compile(r"[\x21-\x7e]+")
 
@@ -84,6 +90,7 @@ class Config:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     s3_upload_expiry: float = DEFAULT_S3_UPLOAD_EXPIRY
+    s3_region: str = DEFAULT_S3_REGION
     raw: dict = field(default_factory=dict, repr=False)
 
     def service(self, sid: str) -> ServiceConfig | None:
@@ -195,6 +202,13 @@ def _check_sources(services: list[ServiceConfig]) -> None:
             current = by_id[source]
 
 
+def _region(value, where: str) -> str:
+    region = string_value(value, where)
+    if not _REGION.fullmatch(region):
+        raise ConfigError(f"{where}: {region!r} is not a region name (such as \"eu-west-1\")")
+    return region
+
+
 def parse(raw) -> Config:
     """
     Validate a decoded C{owncdn.json}.
@@ -204,7 +218,7 @@ def parse(raw) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a JSON object")
     known = {"instanceName", "services", "keys", "replicationSources",
-             "maxUploadSize", "headerTimeout", "bodyTimeout", "s3UploadExpiry"}
+             "maxUploadSize", "headerTimeout", "bodyTimeout", "s3UploadExpiry", "s3Region"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level field")
@@ -277,6 +291,7 @@ def parse(raw) -> Config:
         body_timeout=parse_duration(raw.get("bodyTimeout", DEFAULT_BODY_TIMEOUT), "bodyTimeout"),
         s3_upload_expiry=parse_duration(raw.get("s3UploadExpiry", DEFAULT_S3_UPLOAD_EXPIRY),
                                         "s3UploadExpiry"),
+        s3_region=_region(raw.get("s3Region", DEFAULT_S3_REGION), "s3Region"),
         raw=raw,
     )
 

@@ -430,6 +430,17 @@ class GoodFileTests(SynchronousTestCase):
         self.assertEqual(self.config.header_timeout, 30)
         self.assertEqual(self.config.body_timeout, 60)
         self.assertEqual(self.config.s3_upload_expiry, 7 * 86400)
+        self.assertEqual(self.config.s3_region, "us-east-1")
+
+    def test_s3_region(self):
+        """s3Region takes a region name; anything else is refused, naming the field."""
+        raw = example()
+        raw["s3Region"] = "eu-central-1"
+        self.assertEqual(config.parse(raw).s3_region, "eu-central-1")
+        for bad in ["", "EU-WEST-1", "eu west", "eu-west-1\n", "-eu", "a" * 40, "x<y>", 3]:
+            raw["s3Region"] = bad
+            error = self.assertRaises(config.ConfigError, config.parse, raw)
+            self.assertIn("s3Region", str(error))
 
     def test_top_level_limits(self):
         """maxUploadSize and headerTimeout take units."""

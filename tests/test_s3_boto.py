@@ -68,13 +68,14 @@ class DaemonCase(TestCase):
         if self.https:
             self.url = f"https://127.0.0.1:{self.daemon.ports[1]}"
 
-    def client(self, key: str = "WRITER", secret: str | None = None, **config):
+    def client(self, key: str = "WRITER", secret: str | None = None, region: str = "us-east-1",
+               **config):
         """
         A boto3 client, closed before the daemon stops (an idle TLS
         connection would hold up its drain).
         """
         client = boto3.session.Session().client(
-            "s3", endpoint_url=self.url, region_name="us-east-1", verify=self.verify,
+            "s3", endpoint_url=self.url, region_name=region, verify=self.verify,
             aws_access_key_id=key, aws_secret_access_key=secret or self.keys.get(key, "x"),
             config=Config(retries={"max_attempts": 1}, **config))
         self.addCleanup(client.close)
@@ -213,6 +214,35 @@ class WhenRequiredTests(DaemonCase):
         self.assertEqual(s3.get_object(Bucket="files", Key="plain")["Body"].read(), data)
         result = s3.delete_objects(Bucket="files", Delete={"Objects": [{"Key": "plain"}], "Quiet": True})
         self.assertEqual(result.get("Errors", []), [])
+
+
+class OtherRegionTests(DaemonCase):
+    @asynctest
+    async def test_client_of_another_region(self):
+        """
+        A client configured for another region just works: the first
+        request of each bucket is refused naming us-east-1 (a HEAD by
+        its x-amz-bucket-region header alone), and botocore re-signs it
+        for that region and sends it again.
+        """
+        await self.start()
+        await deferToThread(self.other_region)
+
+    def other_region(self):
+        s3 = self.client(region="eu-west-3")
+        sent = []
+        s3.meta.events.register("before-send.s3", lambda request, **kwargs: sent.append(request))
+        data = os.urandom(1000)
+        self.assertEqual(error_of(s3.head_object, Bucket="files", Key="k")[:2], (404, "404"))
+        self.assertEqual(len(sent), 2)
+        self.assertIn("/eu-west-3/s3/", sent[0].headers["Authorization"].decode())
+        self.assertIn("/us-east-1/s3/", sent[1].headers["Authorization"].decode())
+        s3.put_object(Bucket="files", Key="k", Body=data)
+        self.assertEqual(s3.get_object(Bucket="files", Key="k")["Body"].read(), data)
+        self.assertEqual(len(sent), 4)
+        other = self.client(region="ap-southeast-2")
+        self.assertEqual(other.get_object(Bucket="files", Key="k")["Body"].read(), data)
+        self.assertEqual(other.get_bucket_location(Bucket="files").get("LocationConstraint"), None)
 
 
 class HTTPSTests(DaemonCase):

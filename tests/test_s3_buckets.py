@@ -55,6 +55,32 @@ class BucketTests(TestCase):
                                      f'<VersioningConfiguration {NS}></VersioningConfiguration>'.encode())
 
     @asynctest
+    async def test_configured_region(self):
+        """
+        With s3Region set, GetBucketLocation and HeadBucket name it, and a
+        request signed for another region is AuthorizationHeaderMalformed
+        naming it in <Region> and x-amz-bucket-region (HEAD: no body).
+        """
+        self.s3.web.state.config.s3_region = "eu-central-1"
+        reply = await self.s3.request("GET", "/files/k")
+        self.assertEqual(reply.error, (400, "AuthorizationHeaderMalformed"))
+        self.assertEqual(reply.xml.findtext("Region"), "eu-central-1")
+        self.assertEqual(reply.header("x-amz-bucket-region"), "eu-central-1")
+        reply = await self.s3.request("HEAD", "/files")
+        self.assertEqual((reply.code, reply.body, reply.header("x-amz-bucket-region")),
+                         (400, b"", "eu-central-1"))
+        reply = await self.s3.request("PUT", "/files/big", b"x" * (2 * 1024 * 1024))
+        self.assertEqual(reply.error, (400, "AuthorizationHeaderMalformed"))
+        self.s3.region = "eu-central-1"
+        reply = await self.s3.request("GET", "/files/big")
+        self.assertEqual(reply.error, (404, "NoSuchKey"))
+        reply = await self.s3.request("GET", "/files?location")
+        self.assertEqual(reply.body, f'<?xml version="1.0" encoding="UTF-8"?>\n'
+                                     f'<LocationConstraint {NS}>eu-central-1</LocationConstraint>'.encode())
+        reply = await self.s3.request("HEAD", "/files")
+        self.assertEqual((reply.code, reply.header("x-amz-bucket-region")), (200, "eu-central-1"))
+
+    @asynctest
     async def test_unset_settings(self):
         """Reading a bucket setting OwnCDN lacks answers as S3 does for one never set: 404 or empty."""
         for subresource, code in (("policy", "NoSuchBucketPolicy"), ("cors", "NoSuchCORSConfiguration"),

@@ -92,7 +92,8 @@ class Reply:
 
 
 def sign(method: str, target: str, host: str, headers: dict[str, str], payload_hash: str,
-         key_id: str = "WRITER", now: float | None = None) -> tuple[dict[str, str], bytes, str, str]:
+         key_id: str = "WRITER", now: float | None = None,
+         region: str = REGION) -> tuple[dict[str, str], bytes, str, str]:
     """
     Sign a request the way S3 clients do; returns the headers to send,
     the signing key, the scope and the seed signature.
@@ -104,8 +105,8 @@ def sign(method: str, target: str, host: str, headers: dict[str, str], payload_h
     names = sorted(name for name in all_headers if name not in ("content-length", "expect"))
     path, _, query = target.encode("latin-1").partition(b"?")
     canonical = sigv4.canonical_request(method, path, query, all_headers, names, payload_hash)
-    scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
-    key = sigv4.signing_key(SECRETS.get(key_id, "no-such-secret"), amz_date[:8], REGION, "s3")
+    scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
+    key = sigv4.signing_key(SECRETS.get(key_id, "no-such-secret"), amz_date[:8], region, "s3")
     signature = sigv4.sign(key, sigv4.string_to_sign(amz_date, scope, canonical))
     all_headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, "
                                     f"SignedHeaders={';'.join(names)}, Signature={signature}")
@@ -173,6 +174,8 @@ class S3Front:
                                             "plain": self.plain, "mirror": MemoryFiles(self.clock)})
         self.host = self.web.url.removeprefix("http://")
         self.agent = Agent(reactor)
+        # The region requests are signed for.
+        self.region = REGION
 
     @property
     def uploads_folder(self):
@@ -200,13 +203,14 @@ class S3Front:
             if payload != "chunked":
                 headers["x-amz-trailer"] = "x-amz-checksum-crc32c"
             all_headers, signing_key, time_scope, seed = sign(
-                method, target, self.host, headers, STREAMING[payload], key, now)
+                method, target, self.host, headers, STREAMING[payload], key, now, self.region)
             trailers = None if payload == "chunked" else {"x-amz-checksum-crc32c": trailer}
             sent = chunked_body(body, chunk, None if payload == "unsigned-trailer" else signing_key,
                                 time_scope, seed, trailers)
         else:
             payload_hash = sigv4.UNSIGNED_PAYLOAD if payload == "unsigned" else hashlib.sha256(body).hexdigest()
-            all_headers, *_ = sign(method, target, self.host, headers, payload_hash, key, now)
+            all_headers, *_ = sign(method, target, self.host, headers, payload_hash, key, now,
+                                   self.region)
         if tamper is not None:
             sent = tamper(sent)
         return await self.raw(method, target, all_headers, sent)

@@ -543,11 +543,34 @@ class BotocoreTests(SynchronousTestCase):
             method, target, headers, _, now = botocore_request(call)
             self.verify(method, target, headers, now)
 
-    def test_any_region(self):
-        """A client configured for another region is accepted; the scope names it."""
+    def test_wrong_region(self):
+        """
+        A request signed for another region is AuthorizationHeaderMalformed
+        naming the right one, in the body and in x-amz-bucket-region (a
+        HEAD error has no body), as S3 answers: what botocore redirects on.
+        """
         method, target, headers, _, now = botocore_request(
             lambda client: client.head_bucket(Bucket="media"), region="ap-southeast-2")
-        self.assertIn("/ap-southeast-2/s3/", self.verify(method, target, headers, now).scope)
+        error = self.assert_refused("AuthorizationHeaderMalformed", method, target, headers, now)
+        self.assertEqual(error.status, 400)
+        self.assertIn("'ap-southeast-2' is wrong; expecting 'us-east-1'", error.message)
+        self.assertEqual(error.details["Region"], "us-east-1")
+        self.assertEqual(error.headers, {b"x-amz-bucket-region": b"us-east-1"})
+        self.assertIn(b"<Region>us-east-1</Region>", error.to_xml("id"))
+
+    def test_configured_region(self):
+        """With another region configured, requests must be signed for it."""
+        method, target, headers, _, now = botocore_request(
+            lambda client: client.head_bucket(Bucket="media"), region="ap-southeast-2")
+        verified = sigv4.verify_request(method, target, headers, lookup({KEY_ID: SECRET}), now,
+                                        "ap-southeast-2")
+        self.assertIn("/ap-southeast-2/s3/", verified.scope)
+        method, target, headers, _, now = botocore_request(
+            lambda client: client.head_bucket(Bucket="media"))
+        error = self.assertRaises(S3Error, sigv4.verify_request, method, target, headers,
+                                  lookup({KEY_ID: SECRET}), now, "ap-southeast-2")
+        self.assertEqual((error.code, error.details["Region"]),
+                         ("AuthorizationHeaderMalformed", "ap-southeast-2"))
 
     def test_extra_query_parameters(self):
         """Parameters such as x-id=PutObject and bare ?uploads are signed as sent."""

@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
+from owncdn.config import DEFAULT_S3_REGION
 from owncdn.s3.errors import S3Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -280,7 +281,8 @@ def _amz_seconds(value: str) -> float:
 
 
 def verify_request(method: str, target: bytes, headers: Mapping[str, str],
-                   lookup_secret: Callable[[str], str | None], now: float) -> VerifiedRequest:
+                   lookup_secret: Callable[[str], str | None], now: float,
+                   region: str = DEFAULT_S3_REGION) -> VerifiedRequest:
     """
     Check the SigV4 signature of an S3 request.
 
@@ -291,6 +293,8 @@ def verify_request(method: str, target: bytes, headers: Mapping[str, str],
     @param lookup_secret: the secret of an access key ID, or C{None} when
         there is no such key.
     @param now: the server clock, POSIX seconds.
+    @param region: the region this endpoint answers for (C{s3Region}):
+        the scope must name it.
     @raise S3Error: C{AccessDenied} (anonymous, query-string signature,
         unsigned C{x-amz-*} header), C{InvalidRequest} (other scheme, no
         C{x-amz-content-sha256}), C{AuthorizationHeaderMalformed},
@@ -314,8 +318,8 @@ def verify_request(method: str, target: bytes, headers: Mapping[str, str],
                       RequestTime=headers.get("x-amz-date") or headers.get("date", ""),
                       ServerTime=datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                       MaxAllowedSkewMilliseconds=str(MAX_SKEW_SECONDS * 1000))
-    # Any region is accepted (docs/s3-auth.md): clients sign with whatever
-    # region they were configured with, and we have only one.
+    if auth.region != region:
+        raise wrong_region(auth.region, region)
     if auth.service != SERVICE:
         raise _malformed(f'incorrect service "{auth.service}". This endpoint belongs to "{SERVICE}".')
     if auth.terminator != TERMINATOR:
@@ -350,6 +354,20 @@ def _content_sha256(headers: Mapping[str, str]) -> str:
     raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
                   "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER], STREAMING-UNSIGNED-PAYLOAD-TRAILER "
                   "or a valid sha256 value.")
+
+
+def wrong_region(signed: str, region: str) -> S3Error:
+    """
+    What S3 answers a request signed for another region: the error
+    names the right one in C{<Region>} and in C{x-amz-bucket-region}
+    (a C{HEAD} error has no body), from which botocore's redirector
+    (boto3, the AWS CLI) re-signs the request for it and retries, once
+    per bucket and client.
+    """
+    error = _malformed(f"the region '{signed}' is wrong; expecting '{region}'")
+    error.details["Region"] = region
+    error.headers[b"x-amz-bucket-region"] = region.encode()
+    return error
 
 
 def _malformed(reason: str) -> S3Error:

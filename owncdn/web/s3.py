@@ -143,7 +143,7 @@ class S3API(AsyncResource):
         headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())
         try:
             sigv4.verify_request(method.decode("latin-1"), target, headers, self._lookup_secret,
-                                 self.state.clock.seconds())
+                                 self.state.clock.seconds(), self.state.config.s3_region)
         except S3Error as error:
             path = target.partition(b"?")[0]
             return s3_error_response(error, new_request_id(), decode_lenient(path))
@@ -166,7 +166,7 @@ class S3API(AsyncResource):
             return None
         try:
             auth = sigv4.verify_request("PUT", target, headers, self._lookup_secret,
-                                        self.state.clock.seconds())
+                                        self.state.clock.seconds(), self.state.config.s3_region)
             bucket, key = split_path(path)
             form = auth.content_sha256
             if form in sigv4.STREAMING_FORMS or bucket is None or key is None:
@@ -189,7 +189,8 @@ class S3API(AsyncResource):
     def _authenticate(self, request, request_id: str) -> S3Call:
         headers = sigv4.header_map(request.requestHeaders.getAllRawHeaders())
         auth = sigv4.verify_request(request.method.decode("latin-1"), request.uri, headers,
-                                    self._lookup_secret, self.state.clock.seconds())
+                                    self._lookup_secret, self.state.clock.seconds(),
+                                    self.state.config.s3_region)
         key = self.state.keys.by_id(auth.access_key_id)
         _, _, query = request.uri.partition(b"?")
         bucket, object_key = split_path(request.path)

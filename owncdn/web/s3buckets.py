@@ -12,6 +12,7 @@ with the C{owncdn} command, not through S3.
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from owncdn.config import DEFAULT_S3_REGION
 from owncdn.errors import OwnCDNError
 from owncdn.interfaces import FileInfo
 from owncdn.keys import LEVELS, access_level
@@ -23,7 +24,6 @@ from owncdn.web.s3request import NOT_BUCKETS, S3Call, checked_key, object_etag, 
 
 # We do not know when a service was configured; S3 clients only show it.
 CREATED = xml.timestamp(0)
-REGION = "us-east-1"
 
 # The bucket settings S3 has and OwnCDN does not.  Reading one answers
 # what S3 answers for a bucket where it was never set, which is the
@@ -68,7 +68,7 @@ async def list_buckets(call: S3Call) -> None:
 
 async def head_bucket(call: S3Call) -> None:
     call.service("read")
-    call.send_empty(200, {b"x-amz-bucket-region": REGION.encode()})
+    call.send_empty(200, {b"x-amz-bucket-region": call.state.config.s3_region.encode()})
 
 
 async def create_bucket(call: S3Call) -> None:
@@ -93,8 +93,9 @@ async def delete_bucket(call: S3Call) -> None:
 
 async def get_bucket_location(call: S3Call) -> None:
     call.service("read")
-    # An empty constraint means us-east-1.
-    call.send_xml(xml.document("LocationConstraint"))
+    region = call.state.config.s3_region
+    # S3 answers an empty constraint for us-east-1, its oldest region.
+    call.send_xml(xml.document("LocationConstraint", "" if region == DEFAULT_S3_REGION else region))
 
 
 async def get_bucket_versioning(call: S3Call) -> None:
