@@ -9,10 +9,13 @@ change it.  Storage services keep versions; the others do not, and so
 have no C{x-amz-version-id}.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.web import http
 
@@ -125,6 +128,7 @@ class S3Call:
 
     @ivar bucket: the bucket named by the path, or C{None} (the root).
     @ivar key: the object key named by the path, or C{None}.
+    @ivar endpoint: the S3 resource (L{owncdn.web.s3.S3API}) answering it.
     """
 
     request: object
@@ -137,6 +141,7 @@ class S3Call:
     query: dict[str, str]
     bucket: str | None
     key: str | None
+    endpoint: Any = None
 
     @property
     def method(self) -> bytes:
@@ -200,6 +205,15 @@ class S3Call:
             raise S3Error("InvalidArgument", "Invalid version id specified",
                           ArgumentName="versionId", ArgumentValue=value[:100])
         return value
+
+    def answer_when(self, d: Deferred, answer: Callable[[Any], object]) -> None:
+        """
+        Answer with C{answer(result)} once C{d} fires, or with the error
+        it fails with, as though the action awaited it (see
+        L{owncdn.web.handler.AsyncResource.answer_when}); the action
+        returns at once.
+        """
+        self.endpoint.answer_when(self.request, d, answer)
 
     def payload(self) -> CheckedReader:
         """
