@@ -111,10 +111,21 @@ def header_map(raw_headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[str
     """
     headers = {}
     for name, values in raw_headers:
-        headers[name.decode("latin-1").lower()] = (
+        lowered = _LOWERED.get(name)
+        if lowered is None:
+            lowered = name.decode("latin-1").lower()
+            if len(_LOWERED) < _MAX_LOWERED:
+                _LOWERED[name] = lowered
+        headers[lowered] = (
             values[0].decode("latin-1").strip(" \t") if len(values) == 1
             else ",".join(value.decode("latin-1").strip(" \t") for value in values))
     return headers
+
+
+# Header names as header_map gives them, by name as received: a few
+# dozen in practice, bounded against a client that makes up names.
+_LOWERED: dict[bytes, str] = {}
+_MAX_LOWERED = 1000
 
 
 def parse_authorization(value: str) -> Authorization:

@@ -148,16 +148,22 @@ class OwnCDNChannel(http.HTTPChannel):
         """
         raw = request.requestHeaders._rawHeaders
         count = self._receivedHeaderCount
+        # The names Twisted has canonicalised before, without a call each.
+        canonical = _nameEncoder._canonicalHeaderCache
         for index in range(1, len(lines)):
             name, colon, value = lines[index].partition(b":")
             if not colon:
                 self._respondToBadRequestAndDisconnect()
                 return False
-            try:
-                name = _nameEncoder.encode(name)
-            except InvalidHeaderName:
-                self._respondToBadRequestAndDisconnect()
-                return False
+            known = canonical.get(name)
+            if known is not None:
+                name = known
+            else:
+                try:
+                    name = _nameEncoder.encode(name)
+                except InvalidHeaderName:
+                    self._respondToBadRequestAndDisconnect()
+                    return False
             value = value.strip(b" \t")
             if b"\x00" in value or b"\r" in value or b"\n" in value:
                 self._respondToBadRequestAndDisconnect()

@@ -86,7 +86,7 @@ def route(method: bytes, bucket: str | None, key: str | None, query: dict[str, s
         offer, C{MethodNotAllowed} for a method the resource does not take.
     """
     table = ROOT if bucket is None else BUCKET if key is None else OBJECT
-    subresource = next((name for name in query if name in SUBRESOURCES), None)
+    subresource = next((name for name in query if name in SUBRESOURCES), None) if query else None
     action = table.get((method, subresource))
     if action is not None:
         return action

@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.web import http
+from twisted.web.http_headers import _nameEncoder
 
 from owncdn.errors import InvalidPath, OwnCDNError
 from owncdn.interfaces import FileInfo, IVersionedFiles, IWritableFiles
@@ -72,7 +73,7 @@ def decode(raw: bytes, what: str) -> str:
     A percent-encoded UTF-8 name from the request target.
     """
     try:
-        return unquote_to_bytes(raw).decode("utf-8")
+        return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", f"The {what} is not valid UTF-8.") from None
 
@@ -246,10 +247,14 @@ class S3Call:
         request.finish()
 
     def send_empty(self, status: int = 200, headers: dict[bytes, bytes] | None = None) -> None:
+        """
+        Answer with no body and C{headers}, whose values this daemon made
+        (see L{put_headers}).
+        """
         request = self.request
         request.setResponseCode(status)
-        for name, value in (headers or {}).items():
-            request.setHeader(name, value)
+        if headers:
+            put_headers(request, [(_nameEncoder.encode(name), value) for name, value in headers.items()])
         if status != 204:
             put_headers(request, ((b"Content-Length", b"0"),))
         request.finish()
