@@ -81,10 +81,11 @@ class ReadAhead(io.BytesIO):
     def __init__(self, data: bytes, source: object):
         super().__init__(data)
         self.data = data
-        self._source = source
+        # The body it was read from.
+        self.source = source
 
     def running_digest(self, algorithm: str) -> Digest | None:
-        return offered_digest(self._source, algorithm)
+        return offered_digest(self.source, algorithm)
 
 
 class WriteFailed(Exception):

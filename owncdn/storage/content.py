@@ -79,8 +79,8 @@ def _store_chunk(conn: sqlite3.Connection, key: int, body: ReadAhead) -> StoredC
     """
     data = body.data
     stored, compressed = insert_chunk(conn, key, 0, data)
-    md5 = offered_digest(body, "md5")
-    sha256 = offered_digest(body, "sha256")
+    md5 = offered_digest(body.source, "md5")
+    sha256 = offered_digest(body.source, "sha256")
     return StoredContent(
         len(data),
         (hashlib.md5(data) if md5 is None else md5).digest(),

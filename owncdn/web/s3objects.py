@@ -71,9 +71,10 @@ def object_metadata(call: S3Call) -> tuple[str | None, dict[str, str]]:
     if user_size > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", MaxSizeAllowed=str(MAX_USER_METADATA))
     metadata = {name: headers[name] for name in STORED_HEADERS if name in headers}
-    encoding = chunked.stored_content_encoding(metadata.pop("content-encoding", None))
-    if encoding is not None:
-        metadata["content-encoding"] = encoding
+    if "content-encoding" in metadata:
+        encoding = chunked.stored_content_encoding(metadata.pop("content-encoding"))
+        if encoding is not None:
+            metadata["content-encoding"] = encoding
     metadata.update(user)
     content_type = headers.get("content-type") or None
     return content_type, metadata

@@ -257,7 +257,7 @@ class S3Call:
             put_headers(request, [(_nameEncoder.encode(name), value) for name, value in headers.items()])
         if status != 204:
             put_headers(request, ((b"Content-Length", b"0"),))
-        request.finish()
+        request.finish_bodiless()
 
 
 def send_s3_error(request, error: S3Error, request_id: str) -> None:
