@@ -10,12 +10,15 @@ import hashlib
 import os
 from email.utils import formatdate
 
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 from zope.interface import alsoProvides
 
+from owncdn.errors import BadDigest
 from owncdn.interfaces import IHeadable
 from owncdn.s3.checksums import new_checksum
-from tests.test_s3_front import EPOCH, S3Front
+from tests.test_s3_front import EPOCH, HeadOnly, S3Front, sign
 from tests.util import asynctest
 
 TEXT = b"The quick brown fox jumps over the lazy dog.\n" * 100
@@ -123,6 +126,71 @@ class PayloadFormTests(TestCase):
         await self.s3.put("/files/plain", b"x", payload="chunked")
         reply = await self.s3.request("HEAD", "/files/plain")
         self.assertIsNone(reply.header("content-encoding"))
+
+
+class PutAnswerTests(TestCase):
+    """
+    A PutObject is answered once the bucket's service has stored the
+    object, from a callback (L{owncdn.web.handler.AsyncResource.answer_when}):
+    failures are answered as errors raised by the action are.
+    """
+
+    def setUp(self):
+        self.s3 = S3Front(self)
+
+    @asynctest
+    async def test_refused_by_the_service(self):
+        """A refusal of the service (OwnCDN's error) is answered in S3's terms."""
+        self.patch(self.s3.files, "put", lambda *args, **kwargs: defer.fail(BadDigest("no")))
+        reply = await self.s3.request("PUT", "/files/a", b"data")
+        self.assertEqual(reply.error, (400, "BadDigest"))
+        self.assertTrue(reply.header("x-amz-request-id"))
+
+    @asynctest
+    async def test_unexpected_failure(self):
+        """Anything else is logged and answered as an internal error that tells nothing of it."""
+        self.patch(self.s3.files, "put", lambda *args, **kwargs: defer.fail(RuntimeError("disk on fire")))
+        reply = await self.s3.request("PUT", "/files/a", b"data")
+        self.assertEqual(reply.error, (500, "InternalError"))
+        self.assertNotIn(b"fire", reply.body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @asynctest
+    async def test_client_gone_before_stored(self):
+        """A client gone before its object is stored gets no answer, and the object is stored all the same."""
+        stored, called, closed = defer.Deferred(), defer.Deferred(), defer.Deferred()
+        real_put = self.s3.files.put
+
+        def put(*args, **kwargs):
+            result = real_put(*args, **kwargs)
+            called.callback(None)
+            return stored.addCallback(lambda _: result)
+
+        self.patch(self.s3.files, "put", put)
+        site = self.s3.web.site
+        channel_closed = site.channel_closed
+
+        def note_closed(channel):
+            channel_closed(channel)
+            closed.callback(None)
+
+        self.patch(site, "channel_closed", note_closed)
+        body = b"data"
+        headers, *_ = sign("PUT", "/files/gone", self.s3.host, {"content-length": str(len(body))},
+                           hashlib.sha256(body).hexdigest())
+        request = b"PUT /files/gone HTTP/1.1\r\n" + b"".join(
+            f"{name}: {value}\r\n".encode() for name, value in headers.items()) + b"\r\n" + body
+        # Sent whole as the "head": HeadOnly only sends it and collects the answer.
+        client = HeadOnly(request)
+        port = self.s3.web.port.getHost().port
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        await called.addTimeout(10, reactor)
+        client.transport.loseConnection()
+        self.assertEqual(await client.done.addTimeout(10, reactor), b"")
+        await closed.addTimeout(10, reactor)
+        stored.callback(None)
+        reply = await self.s3.request("GET", "/files/gone")
+        self.assertEqual((reply.code, reply.body), (200, body))
 
 
 class ObjectTests(TestCase):

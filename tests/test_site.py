@@ -946,6 +946,53 @@ class WholeHeadTests(SiteTestMixin, SynchronousTestCase):
         self.assertEqual(transport.value().count(b"200 OK"), 3)
 
 
+class Bodiless(Resource):
+    """
+    Answers without a body: C{code}, the headers C{headers}, finished by
+    L{OwnCDNRequest.finish_bodiless} when C{bodiless} is set, else by
+    Twisted's C{finish}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int, headers: list[tuple[bytes, bytes]], bodiless: bool):
+        super().__init__()
+        self.code, self.headers, self.bodiless = code, headers, bodiless
+
+    def render(self, request):
+        request.setResponseCode(self.code)
+        for name, value in self.headers:
+            request.setHeader(name, value)
+        if self.bodiless:
+            request.finish_bodiless()
+        else:
+            request.finish()
+        return NOT_DONE_YET
+
+
+class BodilessFinishTests(SiteTestMixin, SynchronousTestCase):
+    def answer(self, method: bytes, code: int, headers: list[tuple[bytes, bytes]], bodiless: bool) -> bytes:
+        self.make_site(Bodiless(code, headers, bodiless))
+        channel, transport = self.connect()
+        channel.dataReceived(head(method) + head(b"GET", b"/next"))
+        return transport.value()
+
+    def test_same_as_finish(self):
+        """What goes out, and that the connection goes on, is what Twisted's finish makes of it."""
+        self.patch(sitemod, "http_date_now", lambda: b"Sat, 28 Nov 2026 03:00:00 GMT")
+        cases = [(b"PUT", 200, [(b"etag", b'"x"'), (b"content-length", b"0")]),
+                 (b"DELETE", 204, [(b"x-amz-version-id", b"1")]),
+                 (b"HEAD", 200, [(b"content-length", b"0")]),
+                 # Not bodiless by its head: Twisted's own way (chunked, a
+                 # Content-Type), and the same with a cookie to set.
+                 (b"GET", 200, []),
+                 (b"PUT", 200, [(b"content-length", b"0"), (b"set-cookie", b"a=b")])]
+        for method, code, headers in cases:
+            fast = self.answer(method, code, headers, bodiless=True)
+            self.assertEqual(fast, self.answer(method, code, headers, bodiless=False))
+            self.assertEqual(fast.count(b"HTTP/1.1 %d " % code), 2)
+
+
 class PutHeadersTests(SynchronousTestCase):
     def test_same_as_set_header(self):
         """Headers put directly are the ones setHeader would set, and setting one again replaces it."""

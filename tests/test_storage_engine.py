@@ -32,8 +32,11 @@ from owncdn.storage.chunks import (
     read_blocks,
 )
 from owncdn.storage import engine as engine_module
-from owncdn.storage.batch import groups
-from owncdn.storage.changelog import record_change
+from owncdn.s3.checksums import PayloadDigests, VerifiedBody
+from owncdn.s3.errors import S3Error
+from owncdn.storage.batch import ReadAhead, groups
+from owncdn.storage.changelog import record_change, write_transaction
+from owncdn.storage.content import store_content
 from owncdn.storage.engine import StorageClosed, StorageEngine
 from owncdn.storage.reads import prefix_upper_bound
 from owncdn.storage.schema import (
@@ -569,6 +572,86 @@ class PruneTests(EngineCase):
         self.assertRaises(NoSuchFile, self.engine.versions, "d")
         again, _ = self.put("d", b"2", now=400.0)
         self.assertEqual([v.version for v in self.engine.versions("d")], [again.version])
+
+
+class ChangeIdTests(EngineCase):
+    def test_ids_follow_on_across_commits(self):
+        """Each change gets the ID after the last one recorded, whatever failed in between."""
+        committed = []
+        self.engine.write_batch([
+            self.engine.put_write("a", io.BytesIO(b"a"), "x", None, None, None, 1.0),
+            self.engine.put_write("bad", io.BytesIO(b"b"), "x", None, b"0" * 16, None, 1.0),
+        ], committed.extend)
+        # A commit that fails as a whole records nothing either.
+        original = engine_module.write_transaction
+
+        @contextmanager
+        def commit_fails(conn):
+            with original(conn):
+                yield conn
+                raise sqlite3.OperationalError("disk I/O error")
+
+        patched = self.patch(engine_module, "write_transaction", commit_fails)
+        self.assertRaises(sqlite3.OperationalError, self.put, "lost", b"l")
+        patched.restore()
+        marker = self.engine.delete("a", 2.0)
+        purge, _ = self.engine.purge("a", version_id(1), 3.0)
+        again, _ = self.put("b", b"b")
+        self.assertEqual([committed[0][1][0].id, marker.id, purge.id, again.id], [1, 2, 3, 4])
+        self.assertEqual([c.id for c in self.engine.changes_after(0, 10)], [1, 2, 3, 4])
+
+
+class SmallBodyTests(EngineCase):
+    """
+    A body of at most one chunk is read ahead whole (L{ReadAhead}) and
+    stored without the block-by-block machinery: the same chunk, digests
+    and version as that machinery makes.
+    """
+
+    def test_same_as_read_block_by_block(self):
+        """Tiny, incompressible, compressible and exactly-one-chunk bodies store the same either way."""
+        engine = self.open("small.db", chunk_size=4096)
+        bodies = [b"x", os.urandom(1024), b"some text " * 300, os.urandom(4096)]
+        conn = engine._writer
+        with write_transaction(conn):
+            for index, data in enumerate(bodies):
+                general = store_content(conn, 2 * index + 1, io.BytesIO(data), 4096, None)
+                fast = store_content(conn, 2 * index + 2, ReadAhead(data, None), 4096, None)
+                self.assertEqual(fast, general)
+                self.assertEqual((fast.md5, fast.sha256, fast.size, fast.chunk_count),
+                                 (hashlib.md5(data).digest(), hashlib.sha256(data).digest(), len(data), 1))
+        rows = conn.execute("SELECT change_id, idx, compressed, data FROM chunks ORDER BY change_id").fetchall()
+        self.assertEqual([row[1:] for row in rows[0::2]], [row[1:] for row in rows[1::2]])
+        self.assertTrue(rows[4][2])
+
+    def test_offered_digests_reused(self):
+        """The digests the original body kept of its bytes are taken, not computed again."""
+        offered = {"md5": hashlib.md5(b"as offered"), "sha256": hashlib.sha256(b"as offered")}
+
+        class Source:
+            def running_digest(self, algorithm):
+                return offered.get(algorithm)
+
+        conn = self.engine._writer
+        with write_transaction(conn):
+            content = store_content(conn, 1, ReadAhead(b"data", Source()), CHUNK_SIZE, None)
+        self.assertEqual((content.md5, content.sha256),
+                         (offered["md5"].digest(), offered["sha256"].digest()))
+
+    def test_checked_payload(self):
+        """An S3 payload is stored with its own digests, and one that fails its check is not stored."""
+        data = os.urandom(1024)
+        good = VerifiedBody(io.BytesIO(data), PayloadDigests.from_headers({}, hashlib.sha256(data).hexdigest()))
+        change, loaded = self.engine.put("good", good, "x", None, None, None, 1.0)
+        self.assertEqual((change.etag, change.sha256, loaded.data),
+                         (hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest(), data))
+        bad = VerifiedBody(io.BytesIO(data), PayloadDigests.from_headers({}, "0" * 64))
+        error = self.assertRaises(S3Error, self.engine.put, "bad", bad, "x", None, None, None, 2.0)
+        self.assertEqual(error.code, "XAmzContentSHA256Mismatch")
+        self.assertEqual([c.path for c in self.engine.changes_after(0, 10)], ["good"])
+        self.assertEqual(self.count("SELECT count(*) FROM chunks"), 1)
+        again, _ = self.put("next", b"n")
+        self.assertEqual(again.id, change.id + 1)
 
 
 class ListingTests(EngineCase):

@@ -75,15 +75,20 @@ def new_checksum(algorithm: str) -> Checksum:
 
     @raise KeyError: for any other name.
     """
+    hashed = _HASHES.get(algorithm)
+    if hashed is not None:
+        return hashed()
     if algorithm == "crc32":
         return _CRC(crt.crc32, 4)
     if algorithm == "crc32c":
         return _CRC(crt.crc32c, 4)
     if algorithm == "crc64nvme":
         return _CRC(crt.crc64nvme, 8)
-    if algorithm in ("sha1", "sha256", "md5"):
-        return hashlib.new(algorithm)
     raise KeyError(algorithm)
+
+
+# hashlib's constructors, which hashlib.new looks up in Python each time.
+_HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 
 
 def digest_size(algorithm: str) -> int:
@@ -100,6 +105,9 @@ def decode_checksum(algorithm: str, value: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return raw if len(raw) == digest_size(algorithm) else None
+
+
+_CHECKSUM_HEADERS = tuple((name, CHECKSUM_PREFIX + name) for name in ALGORITHMS)
 
 
 class PayloadDigests:
@@ -138,7 +146,7 @@ class PayloadDigests:
             if expected is None:
                 raise S3Error("InvalidDigest")
             digests._expect("md5", expected, _bad_digest("md5"))
-        stated = [name for name in ALGORITHMS if CHECKSUM_PREFIX + name in headers]
+        stated = [name for name, header in _CHECKSUM_HEADERS if header in headers]
         if len(stated) > 1:
             raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header. "
                           "Multiple checksum Types are not allowed.")

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -27,6 +26,12 @@ from urllib.parse import quote, unquote_to_bytes
 
 from owncdn.config import DEFAULT_S3_REGION
 from owncdn.s3.errors import S3Error
+
+try:
+    # OpenSSL's HMAC object: copied in C (hmac.HMAC copies in Python).
+    from _hashlib import hmac_new as _new_hmac
+except ImportError:  # a Python built without OpenSSL
+    _new_hmac = hmac.new
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
@@ -78,8 +83,7 @@ class Authorization(NamedTuple):
         return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
 
 
-@dataclass(frozen=True)
-class VerifiedRequest:
+class VerifiedRequest(NamedTuple):
     """
     What a good signature established, and what the body reader needs to
     verify the chunk and trailer signatures that chain from it.
@@ -108,10 +112,21 @@ def header_map(raw_headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[str
     """
     headers = {}
     for name, values in raw_headers:
-        headers[name.decode("latin-1").lower()] = (
+        lowered = _LOWERED.get(name)
+        if lowered is None:
+            lowered = name.decode("latin-1").lower()
+            if len(_LOWERED) < _MAX_LOWERED:
+                _LOWERED[name] = lowered
+        headers[lowered] = (
             values[0].decode("latin-1").strip(" \t") if len(values) == 1
             else ",".join(value.decode("latin-1").strip(" \t") for value in values))
     return headers
+
+
+# Header names as header_map gives them, by name as received: a few
+# dozen in practice, bounded against a client that makes up names.
+_LOWERED: dict[bytes, str] = {}
+_MAX_LOWERED = 1000
 
 
 def parse_authorization(value: str) -> Authorization:
@@ -125,11 +140,36 @@ def parse_authorization(value: str) -> Authorization:
     @raise S3Error: C{InvalidRequest} for another scheme (SigV2, SigV4a),
         C{AuthorizationHeaderMalformed} for anything else that is wrong.
     """
+    parsed, signature = _parse_signed(value)
+    return parsed.auth._replace(signature=signature)
+
+
+class _Parsed(NamedTuple):
+    """
+    An C{Authorization} header parsed, with what verifying its requests
+    derives from it alone.
+    """
+
+    auth: Authorization
+    scope: str
+    # SignedHeaders as a set, and as the canonical request lists them.
+    signed: frozenset[str]
+    signed_list: str
+
+
+def _parse_signed(value: str) -> tuple[_Parsed, str]:
+    """
+    The parsed C{Authorization} header C{value} (its signature left out
+    of C{auth}) and its signature; all but the signature parsed once
+    per client and day.
+
+    @raise S3Error: as L{parse_authorization}.
+    """
     head, separator, signature = value.rpartition("Signature=")
     if separator and _SIGNATURE.fullmatch(signature):
-        parts = _parse_unsigned(head + _PLACEHOLDER)
-        return Authorization(*parts[:6], signature)
-    return _parse(value)
+        return _parse_unsigned(head + _PLACEHOLDER), signature
+    parsed = _parsed(_parse(value))
+    return parsed, parsed.auth.signature
 
 
 # A well-formed signature standing in for the real one in the cache key.
@@ -137,8 +177,12 @@ _PLACEHOLDER = "Signature=" + "0" * 64
 
 
 @lru_cache(maxsize=256)
-def _parse_unsigned(value: str) -> Authorization:
-    return _parse(value)
+def _parse_unsigned(value: str) -> _Parsed:
+    return _parsed(_parse(value))
+
+
+def _parsed(auth: Authorization) -> _Parsed:
+    return _Parsed(auth, auth.scope, frozenset(auth.signed_headers), ";".join(auth.signed_headers))
 
 
 def _parse(value: str) -> Authorization:
@@ -216,11 +260,25 @@ def canonical_request(method: str, path: bytes, query: bytes, headers: Mapping[s
     canonicalises as empty, which makes the signature fail rather than the
     server.
     """
-    lines = [method, canonical_uri(path), canonical_query(query)]
+    return _canonical_request(method, path, query, headers, signed_headers, ";".join(signed_headers),
+                              payload_hash)
+
+
+def _canonical_request(method: str, path: bytes, query: bytes, headers: Mapping[str, str],
+                       signed_headers: Sequence[str], signed_list: str, payload_hash: str) -> str:
+    lines = [method, canonical_uri(path), canonical_query(query) if query else ""]
     for name in signed_headers:
-        lines.append(f"{name}:{canonical_header_value(headers.get(name, ''))}")
-    lines += ["", ";".join(signed_headers), payload_hash]
+        value = headers.get(name, "")
+        # canonical_header_value, called only for a value it changes.
+        if value[:1] in _BLANKS or value[-1:] in _BLANKS or "  " in value or "\t" in value:
+            value = canonical_header_value(value)
+        lines.append(f"{name}:{value}")
+    lines += ["", signed_list, payload_hash]
     return "\n".join(lines)
+
+
+# The blanks canonical_header_value trims.
+_BLANKS = frozenset({" ", "\t"})
 
 
 def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
@@ -242,7 +300,19 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 def sign(key: bytes, message: str) -> str:
-    return hmac.digest(key, message.encode("latin-1"), "sha256").hex()
+    signer = _signer(key).copy()
+    signer.update(message.encode("latin-1"))
+    return signer.hexdigest()
+
+
+@lru_cache(maxsize=1024)
+def _signer(key: bytes):
+    """
+    An HMAC-SHA256 of C{key} over nothing yet, for L{sign} to copy: a
+    copy skips the set-up of a new HMAC (OpenSSL's fetch of the digest,
+    the key's pads), which costs more than signing a short message.
+    """
+    return _new_hmac(key, digestmod="sha256")
 
 
 def request_time(headers: Mapping[str, str]) -> tuple[str, float]:
@@ -308,7 +378,8 @@ def verify_request(method: str, target: bytes, headers: Mapping[str, str],
             raise S3Error("AccessDenied", "Query-string authentication is not supported; "
                           "sign the request in the Authorization header")
         raise S3Error("AccessDenied", "Anonymous access is not allowed")
-    auth = parse_authorization(headers["authorization"])
+    parsed, signature = _parse_signed(headers["authorization"])
+    auth = parsed.auth
     timestamp, seconds = request_time(headers)
     if auth.date != timestamp[:8]:
         raise _malformed(f'Invalid credential date "{auth.date}". '
@@ -324,25 +395,26 @@ def verify_request(method: str, target: bytes, headers: Mapping[str, str],
         raise _malformed(f'incorrect service "{auth.service}". This endpoint belongs to "{SERVICE}".')
     if auth.terminator != TERMINATOR:
         raise _malformed(f'incorrect terminal "{auth.terminator}". This endpoint uses "{TERMINATOR}".')
-    if "host" not in auth.signed_headers:
+    if "host" not in parsed.signed:
         raise _malformed("the host header must be signed")
     secret = lookup_secret(auth.access_key_id)
     if secret is None:
         raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=auth.access_key_id)
     content_sha256 = _content_sha256(headers)
-    unsigned = sorted(name for name in headers if name.startswith("x-amz-") and name not in auth.signed_headers)
+    unsigned = [name for name in headers.keys() - parsed.signed if name.startswith("x-amz-")]
     if unsigned:
         # As S3 does: an unsigned x-amz-* header (a copy source, an ACL)
         # could have been added by anyone on the way.
         raise S3Error("AccessDenied", "There were headers present in the request which were not signed",
-                      HeadersNotSigned=", ".join(unsigned))
-    canonical = canonical_request(method, path, query, headers, auth.signed_headers, content_sha256)
-    to_sign = string_to_sign(timestamp, auth.scope, canonical)
+                      HeadersNotSigned=", ".join(sorted(unsigned)))
+    canonical = _canonical_request(method, path, query, headers, auth.signed_headers, parsed.signed_list,
+                                   content_sha256)
+    to_sign = string_to_sign(timestamp, parsed.scope, canonical)
     key = signing_key(secret, auth.date, auth.region, auth.service)
-    if not hmac.compare_digest(sign(key, to_sign), auth.signature):
+    if not hmac.compare_digest(sign(key, to_sign), signature):
         raise S3Error("SignatureDoesNotMatch", AWSAccessKeyId=auth.access_key_id, StringToSign=to_sign,
-                      SignatureProvided=auth.signature, CanonicalRequest=canonical)
-    return VerifiedRequest(auth.access_key_id, timestamp, auth.scope, key, auth.signature, content_sha256)
+                      SignatureProvided=signature, CanonicalRequest=canonical)
+    return VerifiedRequest(auth.access_key_id, timestamp, parsed.scope, key, signature, content_sha256)
 
 
 def _content_sha256(headers: Mapping[str, str]) -> str:

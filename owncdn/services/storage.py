@@ -324,9 +324,10 @@ class StorageService(Service):
             return loaded.stored.info
 
         failed = None
-        staged = staged_of(body)
-        if staged is not None and staged.owner is self._engine:
-            # The put takes the staged content, or deletes it if it fails.
+        if write.big:
+            # The body was staged in this database (see put_write): the
+            # put takes the staged content, or deletes it if it fails.
+            staged = staged_of(body)
             staged.claimed = True
             failed = partial(self._staging.discard, staged.staged_id)
         return self._write(write, stored, failed)

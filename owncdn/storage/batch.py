@@ -19,12 +19,13 @@ neither waits for the small writes behind it nor makes the small writes
 in front of it wait for its bytes.  docs/storage.md has the figures.
 """
 
+import io
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
+from owncdn.digests import Digest, offered_digest
 from owncdn.storage.chunks import first_chunk
 
 # Content one shared transaction holds at most: enough for a few hundred
@@ -36,15 +37,15 @@ GROUP_BYTES = 8 * 1024 * 1024
 Outcome = tuple[bool, object]
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(NamedTuple):
     """
     One write for L{owncdn.storage.engine.StorageEngine.write_batch}.
 
     @ivar make: does the write inside the batch's transaction, given the
-        writer connection and the content (C{body}, perhaps re-wrapped
-        because its first chunk was read ahead); returns what the caller
-        gets once the transaction committed.
+        writer connection and the content (C{body}, re-wrapped because
+        its first chunk was read ahead: a L{ReadAhead} when that was all
+        of it); returns what the caller gets once the transaction
+        committed.
     @ivar body: the content it stores, C{None} for writes without.
     @ivar durable: whether its commit must reach the disk before it is
         answered.  Only writes nobody is told about may say no (a
@@ -62,11 +63,29 @@ class Write:
     big: bool = False
 
 
-@dataclass(frozen=True)
-class _Ready:
+class _Ready(NamedTuple):
     write: Write
     body: BinaryIO | None
     error: Exception | None
+
+
+class ReadAhead(io.BytesIO):
+    """
+    A whole body of at most one chunk, read ahead into memory by
+    L{groups}: C{data} holds its bytes (a writer can take them without
+    reading), and the running digests the original body kept of them
+    are still offered (L{owncdn.digests.offered_digest}), so they are
+    not computed again.
+    """
+
+    def __init__(self, data: bytes, source: object):
+        super().__init__(data)
+        self.data = data
+        # The body it was read from.
+        self.source = source
+
+    def running_digest(self, algorithm: str) -> Digest | None:
+        return offered_digest(self.source, algorithm)
 
 
 class WriteFailed(Exception):
@@ -148,6 +167,8 @@ def groups(writes: Sequence[Write], chunk_size: int,
                 body, length = write.body, None
             else:
                 body, length = first_chunk(write.body, chunk_size)
+                if length is not None:
+                    body = ReadAhead(body.getvalue(), write.body)
         except Exception as error:
             group.append(_Ready(write, None, error))
             continue

@@ -139,18 +139,32 @@ def record_purge(conn: sqlite3.Connection, change: Change, chunk_size: int) -> C
     return target
 
 
+def _metadata_json(metadata: dict) -> str:
+    """
+    The C{metadata} column of a change: sorted JSON, C{{}} for none
+    (most files; json.dumps builds an encoder per call with sort_keys).
+    """
+    return json.dumps(metadata, sort_keys=True) if metadata else "{}"
+
+
+_INSERT = ("INSERT INTO changes (id, time, op, path, version, size, etag, sha256,"
+           " content_type, metadata, chunk_size, superseded, pruned{})"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{})")
+# Only changes of staged content name a content_id (the column a
+# version 3 schema added).
+_INSERT_CHANGE = _INSERT.format("", "")
+_INSERT_CHANGE_WITH_CONTENT = _INSERT.format(", content_id", ", ?")
+
+
 def _insert(conn: sqlite3.Connection, change: Change, chunk_size: int,
             superseded: float | None, pruned: bool, content_id: int | None = None) -> None:
-    conn.execute(
-        "INSERT INTO changes (id, time, op, path, version, size, etag, sha256,"
-        " content_type, metadata, chunk_size, superseded, pruned)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (change.id, change.time, change.op, change.path, change.version,
-         change.size, change.etag, change.sha256, change.content_type,
-         json.dumps(change.metadata, sort_keys=True), chunk_size, superseded, pruned),
-    )
-    if content_id is not None:
-        conn.execute("UPDATE changes SET content_id = ? WHERE id = ?", (content_id, change.id))
+    row = (change.id, change.time, change.op, change.path, change.version,
+           change.size, change.etag, change.sha256, change.content_type,
+           _metadata_json(change.metadata), chunk_size, superseded, pruned)
+    if content_id is None:
+        conn.execute(_INSERT_CHANGE, row)
+    else:
+        conn.execute(_INSERT_CHANGE_WITH_CONTENT, (*row, content_id))
 
 
 def delete_content(conn: sqlite3.Connection, change_id: int) -> None:

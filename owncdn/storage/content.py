@@ -11,12 +11,14 @@ arrived (L{owncdn.storage.staging}) is already stored and only becomes
 a L{StoredContent}.
 """
 
+import hashlib
 import sqlite3
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from owncdn.digests import BodyDigests
+from owncdn.digests import BodyDigests, offered_digest
 from owncdn.interfaces import Change
+from owncdn.storage.batch import ReadAhead
 from owncdn.storage.changelog import info_from_change
 from owncdn.storage.chunks import insert_chunk, read_blocks
 from owncdn.storage.reads import LoadedVersion, StoredVersion
@@ -46,6 +48,8 @@ def store_content(conn: sqlite3.Connection, key: int, body: BinaryIO,
     @param digest_pool: the thread pool that hashes a big body beside
         the inserts; without one, L{BodyDigests} starts threads.
     """
+    if isinstance(body, ReadAhead) and 0 < len(body.data) <= chunk_size:
+        return _store_chunk(conn, key, body)
     content = StoredContent(0, b"", b"", 0, None, None, False)
     # A big body is hashed in a thread beside the inserts; a digest
     # the body offers (the S3 layer's) is not computed again.
@@ -65,6 +69,23 @@ def store_content(conn: sqlite3.Connection, key: int, body: BinaryIO,
         found = digests.finish()
     content.md5, content.sha256 = found["md5"], found["sha256"]
     return content
+
+
+def _store_chunk(conn: sqlite3.Connection, key: int, body: ReadAhead) -> StoredContent:
+    """
+    L{store_content} of a body that is one chunk already in memory (a
+    small upload): the same chunk and digests, without the reading and
+    hashing machinery a body of any size needs.
+    """
+    data = body.data
+    stored, compressed = insert_chunk(conn, key, 0, data)
+    md5 = offered_digest(body.source, "md5")
+    sha256 = offered_digest(body.source, "sha256")
+    return StoredContent(
+        len(data),
+        (hashlib.md5(data) if md5 is None else md5).digest(),
+        (hashlib.sha256(data) if sha256 is None else sha256).digest(),
+        1, data, stored, compressed)
 
 
 def written_version(change: Change, content: StoredContent, chunk_size: int,

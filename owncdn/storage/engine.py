@@ -106,6 +106,9 @@ class StorageEngine:
         self.digest_pool = None
         # Uploads stored as they arrive (owncdn.storage.staging).
         self.staged = staging.StagedUploads(self._defer_checkpoint)
+        # The ID the next change of the open transaction gets, once
+        # known (see _change_id).
+        self._next_id: int | None = None
 
     def open(self) -> DatabaseState:
         """
@@ -143,7 +146,24 @@ class StorageEngine:
         if self._writer is None:
             raise StorageClosed(f"{self.db_path} is not open")
         self.checkpoint()
+        self._next_id = None
         return write_transaction(self._writer)
+
+    def _change_id(self, conn: sqlite3.Connection) -> int:
+        """
+        L{next_change_id}, asked of SQLite once per transaction: each
+        change a write records there sets the next one (L{_recorded}).
+        A write that fails records nothing, so the write after it gets
+        the same ID, as it would from SQLite (its savepoint, or the
+        whole transaction, is rolled back; a new transaction asks again).
+        """
+        if self._next_id is None:
+            self._next_id = next_change_id(conn)
+        return self._next_id
+
+    def _recorded(self, change_id: int) -> None:
+        # The last step of a write that recorded change change_id.
+        self._next_id = change_id + 1
 
     def checkpoint(self) -> None:
         """
@@ -221,14 +241,18 @@ class StorageEngine:
                   expected_sha256: bytes | None, now: float) -> Write:
         """
         Store C{body} as the new current version of C{path}.  Its result
-        is the C{(Change, LoadedVersion)} written.
+        is the C{(Change, LoadedVersion)} written.  The write is C{big}
+        exactly when C{body} was staged in this database (it then takes
+        the staged content).
 
         @raise BadDigest: an expected digest did not match; nothing was
             stored.
         """
+        # A staged body is big: make gets it as it is, not read ahead.
+        staged = self._staged_here(body)
+
         def make(conn: sqlite3.Connection, body: BinaryIO) -> tuple[Change, LoadedVersion]:
-            change_id = next_change_id(conn)
-            staged = self._staged_here(body)
+            change_id = self._change_id(conn)
             if staged is None:
                 content_id = None
                 content = self._store_content(conn, change_id, body)
@@ -246,9 +270,11 @@ class StorageEngine:
                 content_type=content_type, metadata=dict(metadata or {}),
             )
             record_change(conn, change, self.chunk_size, content_id=content_id)
-            return change, self._written(change, content)
+            written = self._written(change, content)
+            self._recorded(change_id)
+            return change, written
 
-        return Write(make, body, big=self._staged_here(body) is not None)
+        return Write(make, body, big=staged is not None)
 
     def _staged_here(self, body: object) -> staging.StagedContent | None:
         """
@@ -277,13 +303,14 @@ class StorageEngine:
         def make(conn: sqlite3.Connection, _: None) -> Change:
             if not conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone():
                 raise NoSuchFile(f"no file {path!r}")
-            change_id = next_change_id(conn)
+            change_id = self._change_id(conn)
             change = Change(
                 id=change_id, time=now, op="delete", path=path,
                 version=version_id(change_id), size=0, etag="", sha256=None,
                 content_type="", metadata={},
             )
             record_change(conn, change, self.chunk_size)
+            self._recorded(change_id)
             return change
 
         return Write(make)
@@ -309,8 +336,9 @@ class StorageEngine:
             ).fetchone()
             if found is None:
                 return None
-            change = purge_change(next_change_id(conn), now, path, version)
+            change = purge_change(self._change_id(conn), now, path, version)
             target = record_purge(conn, change, self.chunk_size)
+            self._recorded(change.id)
             return change, info_from_change(target, False)
 
         return Write(make)
@@ -363,6 +391,9 @@ class StorageEngine:
             write_meta(conn, "last_applied", str(change.id))
             if source_dbid is not None:
                 write_meta(conn, "source_dbid", source_dbid)
+            # The primary's ID: SQLite's counter may stand higher (a
+            # rewound replica), so the next write asks it again.
+            self._next_id = None
             return None if content is None else self._written(change, content)
 
         return Write(make, body)

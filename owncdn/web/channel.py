@@ -85,9 +85,12 @@ class OwnCDNChannel(http.HTTPChannel):
             # refused by the same rules either way.
             if end <= 0 or end > self.totalHeadersSize:
                 break
-            lines = data[:end].split(b"\r\n")
-            if not lines[0] or any(line[0] in b" \t" for line in lines[1:]):
+            head = data[:end]
+            # An empty request line, or a line that starts with a blank
+            # (folded onto the one before): Twisted's machinery's.
+            if head.startswith(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
                 break
+            lines = head.split(b"\r\n")
             self._busyReceiving = True
             try:
                 if not self._whole_head(lines, end):
@@ -148,16 +151,22 @@ class OwnCDNChannel(http.HTTPChannel):
         """
         raw = request.requestHeaders._rawHeaders
         count = self._receivedHeaderCount
+        # The names Twisted has canonicalised before, without a call each.
+        canonical = _nameEncoder._canonicalHeaderCache
         for index in range(1, len(lines)):
             name, colon, value = lines[index].partition(b":")
             if not colon:
                 self._respondToBadRequestAndDisconnect()
                 return False
-            try:
-                name = _nameEncoder.encode(name)
-            except InvalidHeaderName:
-                self._respondToBadRequestAndDisconnect()
-                return False
+            known = canonical.get(name)
+            if known is not None:
+                name = known
+            else:
+                try:
+                    name = _nameEncoder.encode(name)
+                except InvalidHeaderName:
+                    self._respondToBadRequestAndDisconnect()
+                    return False
             value = value.strip(b" \t")
             if b"\x00" in value or b"\r" in value or b"\n" in value:
                 self._respondToBadRequestAndDisconnect()
@@ -276,6 +285,13 @@ class OwnCDNChannel(http.HTTPChannel):
         expect = raw.get(b"Expect")
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
+
+    def checkPersistence(self, request, version):
+        # Twisted's answer, without its header lookup and token list for
+        # the usual HTTP/1.1 request that names no Connection option.
+        if version == b"HTTP/1.1" and not request.requestHeaders._rawHeaders.get(b"Connection"):
+            return True
+        return super().checkPersistence(request, version)
 
     def requestDone(self, request):
         self.busy = False

@@ -8,8 +8,12 @@ answer that needs no waiting (a memory-cache hit, a small file the
 storage service holds in memory) is given without any Deferred.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -42,17 +46,53 @@ class AsyncResource(Resource):
             await self.handle(request)
         except defer.CancelledError:
             return
-        except OwnCDNError as error:
-            if not request.finished and not request._disconnected:
-                self.send_error(request, error)
-        except Exception:
-            log.failure("error answering {method} {path!r}",
+        except Exception as error:
+            self.answer_error(request, error)
+
+    def answer_error(self, request, error: Exception, failure: Failure | None = None) -> None:
+        """
+        Answer C{request} for C{error}, raised while answering it: a
+        refusal (L{OwnCDNError}) with the mode's error response, anything
+        else logged (with C{failure}, when the error came as one) and
+        answered as an internal error, or the connection cut when part of
+        the response is out.  Nothing once the client has gone.
+        """
+        if not isinstance(error, OwnCDNError):
+            log.failure("error answering {method} {path!r}", failure or Failure(error),
                         method=request.method, path=loggable(request.uri))
-            if not request.finished and not request._disconnected:
-                if request.startedWriting:
-                    request.channel.transport.abortConnection()
-                else:
-                    self.send_error(request, OwnCDNError("internal error"))
+        if request.finished or request._disconnected:
+            return
+        if isinstance(error, OwnCDNError):
+            self.send_error(request, error)
+        elif request.startedWriting:
+            request.channel.transport.abortConnection()
+        else:
+            self.send_error(request, OwnCDNError("internal error"))
+
+    def answer_when(self, request, d: defer.Deferred, answer: Callable[[Any], object]) -> None:
+        """
+        Have C{answer(result)} answer C{request} once C{d} fires with its
+        result, and its failure answered as L{handle}'s errors are: for
+        a handler whose last step waits, which then returns without
+        awaiting (a coroutine that waits costs Twisted's coroutine
+        machinery, and a watch for the client going away).  A client
+        that has gone by then gets no answer, as a handler awaiting
+        C{d} would have been cancelled.
+        """
+        d.addCallbacks(self._answer_result, self._answer_failure,
+                       callbackArgs=(request, answer), errbackArgs=(request,))
+
+    def _answer_result(self, result, request, answer: Callable[[Any], object]) -> None:
+        if request.finished or request._disconnected:
+            return
+        try:
+            answer(result)
+        except Exception as error:
+            self.answer_error(request, error)
+
+    def _answer_failure(self, failure: Failure, request) -> None:
+        if not failure.check(defer.CancelledError):
+            self.answer_error(request, failure.value, failure)
 
     async def handle(self, request) -> None:
         raise NotImplementedError

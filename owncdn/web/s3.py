@@ -86,7 +86,7 @@ def route(method: bytes, bucket: str | None, key: str | None, query: dict[str, s
         offer, C{MethodNotAllowed} for a method the resource does not take.
     """
     table = ROOT if bucket is None else BUCKET if key is None else OBJECT
-    subresource = next((name for name in query if name in SUBRESOURCES), None)
+    subresource = next((name for name in query if name in SUBRESOURCES), None) if query else None
     action = table.get((method, subresource))
     if action is not None:
         return action
@@ -195,8 +195,18 @@ class S3API(AsyncResource):
         _, _, query = request.uri.partition(b"?")
         bucket, object_key = split_path(request.path)
         return S3Call(request, request_id, headers, auth, key, self.state, self.uploads,
-                      parse_query(query), bucket, object_key)
+                      parse_query(query), bucket, object_key, self)
+
+    def answer_error(self, request, error: Exception, failure=None) -> None:
+        if isinstance(error, S3Error):
+            send_s3_error(request, error, _request_id(request))
+            return
+        super().answer_error(request, error, failure)
 
     def send_error(self, request, error: OwnCDNError) -> None:
-        request_id = request.responseHeaders.getRawHeaders(b"x-amz-request-id", [b""])[0]
-        send_s3_error(request, s3_error(error), request_id.decode())
+        send_s3_error(request, s3_error(error), _request_id(request))
+
+
+def _request_id(request) -> str:
+    # Set by S3API.handle before anything else.
+    return request.responseHeaders.getRawHeaders(b"x-amz-request-id", [b""])[0].decode()

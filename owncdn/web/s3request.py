@@ -9,12 +9,16 @@ change it.  Storage services keep versions; the others do not, and so
 have no C{x-amz-version-id}.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.web import http
+from twisted.web.http_headers import _nameEncoder
 
 from owncdn.errors import InvalidPath, OwnCDNError
 from owncdn.interfaces import FileInfo, IVersionedFiles, IWritableFiles
@@ -69,7 +73,7 @@ def decode(raw: bytes, what: str) -> str:
     A percent-encoded UTF-8 name from the request target.
     """
     try:
-        return unquote_to_bytes(raw).decode("utf-8")
+        return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", f"The {what} is not valid UTF-8.") from None
 
@@ -125,6 +129,7 @@ class S3Call:
 
     @ivar bucket: the bucket named by the path, or C{None} (the root).
     @ivar key: the object key named by the path, or C{None}.
+    @ivar endpoint: the S3 resource (L{owncdn.web.s3.S3API}) answering it.
     """
 
     request: object
@@ -137,6 +142,7 @@ class S3Call:
     query: dict[str, str]
     bucket: str | None
     key: str | None
+    endpoint: Any = None
 
     @property
     def method(self) -> bytes:
@@ -201,6 +207,15 @@ class S3Call:
                           ArgumentName="versionId", ArgumentValue=value[:100])
         return value
 
+    def answer_when(self, d: Deferred, answer: Callable[[Any], object]) -> None:
+        """
+        Answer with C{answer(result)} once C{d} fires, or with the error
+        it fails with, as though the action awaited it (see
+        L{owncdn.web.handler.AsyncResource.answer_when}); the action
+        returns at once.
+        """
+        self.endpoint.answer_when(self.request, d, answer)
+
     def payload(self) -> CheckedReader:
         """
         The request body as signed: decoded and verified as it is read.
@@ -232,13 +247,17 @@ class S3Call:
         request.finish()
 
     def send_empty(self, status: int = 200, headers: dict[bytes, bytes] | None = None) -> None:
+        """
+        Answer with no body and C{headers}, whose values this daemon made
+        (see L{put_headers}).
+        """
         request = self.request
         request.setResponseCode(status)
-        for name, value in (headers or {}).items():
-            request.setHeader(name, value)
+        if headers:
+            put_headers(request, [(_nameEncoder.encode(name), value) for name, value in headers.items()])
         if status != 204:
             put_headers(request, ((b"Content-Length", b"0"),))
-        request.finish()
+        request.finish_bodiless()
 
 
 def send_s3_error(request, error: S3Error, request_id: str) -> None:

@@ -358,6 +358,26 @@ class OwnCDNRequest(server.Request):
         if channel._pending_head is not None:
             channel._flush_head()
 
+    def finish_bodiless(self) -> None:
+        """
+        L{finish} a response that has no body and whose head says so
+        (C{Content-Length: 0}, or a 204): its head is sent as Twisted's
+        first write would send it, without the header lookups that write
+        makes to choose a Content-Type and chunked coding, which such a
+        response never gets.  Anything else is finished as usual.
+        """
+        if not (self.startedWriting or self.finished or self._disconnected
+                or self._encoder is not None or self._inFakeHead
+                or self.lastModified is not None or self.etag is not None or self.cookies
+                or (self.code != 204
+                    and self.responseHeaders._rawHeaders.get(b"Content-Length") != [b"0"])):
+            self.startedWriting = 1
+            channel = self.channel
+            channel.writeHeaders(self.clientproto, b"%d" % self.code, self.code_message,
+                                 self.responseHeaders)
+            channel._flush_head()
+        self.finish()
+
     def processingFailed(self, reason):
         log.failure("unhandled error in {path!r}", reason, path=loggable(self.uri))
         if self.finished or self._disconnected:
