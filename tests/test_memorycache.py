@@ -252,6 +252,61 @@ class HitTests(CacheTestCase):
         self.failureResultOf(self.cache.get("a", "v1"), NoSuchVersion)
 
 
+class HeldTests(CacheTestCase):
+    """
+    L{MemoryCache.held}, the public binding's hit without a Deferred: what
+    it gives is exactly what C{get} would answer at once.
+    """
+
+    def test_held(self):
+        """held gives a held item at once, counted as a get's hit; nothing for an item not held."""
+        self.assertIsNone(self.cache.held("a"))
+        self.put("a", b"x" * 1024)
+        self.fetch("a")
+        item = self.cache.held("a")
+        self.assertIs(item, self.successResultOf(self.cache.get("a")))
+        stats = self.cache.stats()
+        self.assertEqual((stats["hits"], stats["misses"], stats["sourceRequests"]), (2, 1, 1))
+        self.assertIsNone(self.cache.held("a", query="v=2"))
+        self.assertEqual(self.cache.stats()["hits"], 2)
+
+    def test_held_keeps_lru_order(self):
+        """An item served by held is the most recently used: evictions spare it."""
+        cache = self.make_cache(self.source, max_memory=2 * 1024 + 2 * 1000)
+        for name in ("a", "b"):
+            self.put(name, b"x" * 1024)
+            self.fetch(name, cache=cache)
+        self.assertIsNotNone(cache.held("a"))
+        self.put("c", b"x" * 1024)
+        self.fetch("c", cache=cache)
+        self.assertIsNotNone(cache.held("a"))
+        self.assertIsNone(cache.held("b"))
+
+    def test_stale_item_not_held(self):
+        """Past the refresh time held gives nothing (a get revalidates), and changes nothing."""
+        cache = self.make_cache(self.source, rules=CacheRules(refresh=300.0))
+        self.put("a", b"one")
+        self.fetch("a", cache=cache)
+        self.clock.advance(299)
+        self.assertIsNotNone(cache.held("a"))
+        self.clock.advance(1)
+        self.assertIsNone(cache.held("a"))
+        self.assertEqual(cache.stats()["hits"], 1)
+        self.assertEqual(self.fetch("a", cache=cache), b"one")
+        self.assertEqual(len(self.source.gets), 2)
+
+    def test_unused_item_not_held(self):
+        """An item unused for expireUnused is not given by held, and get fetches it again."""
+        cache = self.make_cache(self.source, rules=CacheRules(expire_unused=3600.0))
+        self.put("a", b"one")
+        self.fetch("a", cache=cache)
+        self.clock.advance(3600)
+        self.assertIsNone(cache.held("a"))
+        self.assertEqual(self.fetch("a", cache=cache), b"one")
+        self.assertEqual(len(self.source.gets), 2)
+        self.assertEqual(cache.stats()["expired"], 1)
+
+
 class SingleFlightTests(CacheTestCase):
     def test_concurrent_misses(self):
         """A hundred concurrent misses for one item make one source request and all get it."""

@@ -250,3 +250,41 @@ class CacheHitTests(PublicTestCase):
             self.assertEqual((response.code, body), (200, b"k" * 1024))
         self.assertEqual(self.source.gets, [("a.txt", "")])
         self.assertEqual(cache.stats()["hits"], 2)
+
+    def test_hits_answer_like_the_source(self):
+        """A memory-cache hit through a binding (GET, HEAD, a range, a conditional GET) has
+        the headers and status the first answer had."""
+        cache = MemoryCache(self.source, CacheRules(), max_item_size=1 << 20,
+                            max_memory=1 << 24, clock=self.clock)
+        self.put("a.css", CSS, content_type="text/css")
+        self.serve(binding(source="hot"), services={"hot": cache})
+        first, _ = self.request("GET", "/a.css")
+        self.assertEqual(cache.stats()["misses"], 1)
+        response, body = self.request("GET", "/a.css")
+        self.assertEqual((response.code, body), (200, CSS))
+        for name in (b"etag", b"last-modified", b"content-type", b"content-length",
+                     b"accept-ranges"):
+            self.assertEqual(self.header(response, name), self.header(first, name), name)
+        response, body = self.request("HEAD", "/a.css")
+        self.assertEqual((response.code, body, self.header(response, b"content-length")),
+                         (200, b"", b"%d" % len(CSS)))
+        response, body = self.request("GET", "/a.css", headers={b"range": [b"bytes=5-9"]})
+        self.assertEqual((response.code, body), (206, CSS[5:10]))
+        etag = self.header(first, b"etag")
+        response, body = self.request("GET", "/a.css", headers={b"if-none-match": [etag]})
+        self.assertEqual((response.code, body), (304, b""))
+        self.assertEqual(self.source.gets, [("a.css", "")])
+        self.assertEqual(cache.stats()["hits"], 4)
+
+    def test_stale_hit_revalidated(self):
+        """A held item past its refresh time is not served as a hit: the source is asked."""
+        cache = MemoryCache(self.source, CacheRules(refresh=60.0), max_item_size=1 << 20,
+                            max_memory=1 << 24, clock=self.clock)
+        self.put("a.txt", b"one")
+        self.serve(binding(source="hot"), services={"hot": cache})
+        self.request("GET", "/a.txt")
+        self.put("a.txt", b"two")
+        self.assertEqual(self.request("GET", "/a.txt")[1], b"one")
+        self.clock.advance(60)
+        self.assertEqual(self.request("GET", "/a.txt")[1], b"two")
+        self.assertEqual(len(self.source.gets), 2)

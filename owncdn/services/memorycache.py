@@ -2,9 +2,10 @@
 The C{memorycache} service: the items of a source service kept in
 memory, least recently used dropped first.
 
-A hit costs a dictionary lookup and an already-fired Deferred: the
-cached item is its own L{IFileBody} (reads are stateless slices of the
-C{bytes} pieces it arrived in), so nothing else is allocated.  A miss opens the source's
+A hit costs a dictionary lookup and an already-fired Deferred (for a
+public binding, which asks L{MemoryCache.held} first, not even that):
+the cached item is its own L{IFileBody} (reads are stateless slices of
+the C{bytes} pieces it arrived in), so nothing else is allocated.  A miss opens the source's
 body and copies it into memory as it arrives (a L{Fill}); every client
 asking for the item meanwhile reads from that fill, so concurrent
 misses make one source request.  The rules (keys, refresh, expiry,
@@ -243,9 +244,35 @@ class MemoryCache(SourceRequests, Service):
 
     # IReadableFiles
 
+    def held(self, path: str, query: str = "") -> CachedFile | None:
+        """
+        The item C{get} would answer at once from memory (held, fresh,
+        not unused too long), counted and marked used as C{get} does,
+        without a Deferred: the public binding's hit.  C{None} when
+        C{get} has more to do; nothing changes then.
+        """
+        key = self.rules.key(path, query)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock.seconds()
+        rules = self.rules
+        # Without either time (the default), no call asks.
+        if ((rules.expire_unused or rules.refresh)
+                and (rules.is_unused(entry.last_used, now)
+                     or rules.is_stale(entry.validated_at, now))):
+            return None
+        entry.last_used = now
+        self._entries.move_to_end(key)
+        self.counters.hits += 1
+        return entry
+
     def get(self, path: str, version: str | None = None, query: str = "") -> Deferred:
         if version is not None:
             return fail(NoSuchVersion("a cache keeps no versions"))
+        entry = self.held(path, query)
+        if entry is not None:
+            return succeed(entry)
         key = self.rules.key(path, query)
         now = self._clock.seconds()
         entry = self._entries.get(key)
@@ -255,11 +282,9 @@ class MemoryCache(SourceRequests, Service):
                 self.counters.expired += 1
                 entry = None
             else:
+                # Stale: revalidated below.
                 entry.last_used = now
                 self._entries.move_to_end(key)
-                if not self.rules.is_stale(entry.validated_at, now):
-                    self.counters.hits += 1
-                    return succeed(entry)
         fill = self._filling.get(key)
         if fill is not None:
             self.counters.hits += 1
