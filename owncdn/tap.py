@@ -134,7 +134,8 @@ class ListenService(service.Service):
 class DrainService(service.Service):
     """
     On stop, after the listeners have closed, lets every request in
-    progress finish and closes the connections.
+    progress finish and closes the connections, then stops the site's
+    spool threads.
     """
 
     def __init__(self, site: OwnCDNSite, state: DaemonState):
@@ -144,7 +145,13 @@ class DrainService(service.Service):
     def stopService(self):
         super().stopService()
         self.state.release_waiters()
-        return self.site.drain()
+        d = self.site.drain()
+        d.addBoth(self._stop_spooling)
+        return d
+
+    def _stop_spooling(self, result):
+        self.site.stop_spooling()
+        return result
 
 
 class SignalService(service.Service):

@@ -26,11 +26,11 @@ from twisted.web.server import Site
 
 from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
-from owncdn.replication import spool
+from owncdn.replication import spool as replica_spool
 from owncdn.replication.source import CONNECT_SLACK, MEMORY_BODY, SourceClient, SyncError
 from owncdn.replication.spool import SPOOL_AHEAD, SPOOL_BLOCK
 from owncdn.testing import ThreadlessClock
-from tests.util import asynctest
+from tests.util import QueuedPool, SpoolRecorder, asynctest, send_while_producing
 
 KEY = "primary-secret-0123456789"
 PIECE = 64 * 1024
@@ -40,43 +40,6 @@ def put_change(data: bytes, sha256: str | None = None) -> Change:
     return Change(id=1, time=0.0, op="put", path="big.bin", version="v1", size=len(data),
                   etag="", sha256=sha256 or hashlib.sha256(data).hexdigest(),
                   content_type="application/octet-stream")
-
-
-class QueuedPool:
-    """
-    A thread pool whose jobs wait until L{run} (in the test's thread).
-    """
-
-    def __init__(self, minthreads: int = 0, maxthreads: int = 1, name: str = ""):
-        self.jobs: list = []
-        self.started = False
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.started = False
-
-    def callInThreadWithCallback(self, on_result, func, *args, **kwargs) -> None:
-        self.jobs.append((on_result, func, args, kwargs))
-
-    def callInThread(self, func, *args, **kwargs) -> None:
-        self.callInThreadWithCallback(lambda success, result: None, func, *args, **kwargs)
-
-    def run(self, limit: int = 10_000) -> None:
-        """
-        Run the queued jobs, and those they queue, in order.
-        """
-        for _ in range(limit):
-            if not self.jobs:
-                return
-            on_result, func, args, kwargs = self.jobs.pop(0)
-            try:
-                success, result = True, func(*args, **kwargs)
-            except BaseException:
-                success, result = False, Failure()
-            on_result(success, result)
-        raise AssertionError("the pool never ran dry")
 
 
 class FakeResponse:
@@ -101,44 +64,6 @@ class FakeAgent:
         return defer.succeed(response)
 
 
-class RecordingFile:
-    """
-    A spool file that records the threads that made it and wrote to it.
-    """
-
-    def __init__(self, made, fail_writes: bool = False):
-        self.made_in = threading.current_thread()
-        self.writers: set = set()
-        self.fail_writes = fail_writes
-        self._file = made
-
-    def write(self, data: bytes) -> int:
-        self.writers.add(threading.current_thread())
-        if self.fail_writes:
-            raise OSError(28, "No space left on device")
-        return self._file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-
-class SpoolRecorder:
-    """
-    Replaces the spool file factory; keeps every file it made.
-    """
-
-    def __init__(self, case, fail_writes: bool = False):
-        self.files: list[RecordingFile] = []
-        opened = spool._open_spool_file
-
-        def open_spool_file(directory):
-            made = RecordingFile(opened(directory), fail_writes)
-            self.files.append(made)
-            return made
-
-        case.patch(spool, "_open_spool_file", open_spool_file)
-
-
 class SpooledDownloadTests(SynchronousTestCase):
     def setUp(self):
         self.clock = ThreadlessClock()
@@ -149,7 +74,7 @@ class SpooledDownloadTests(SynchronousTestCase):
         self.client = SourceClient(ReplicationSource("hq", "HQ", "http://primary.example/", KEY),
                                    "media", self.clock, self.spool_dir, agent=self.agent,
                                    make_pool=lambda *args: self.pool)
-        self.spools = SpoolRecorder(self)
+        self.spools = SpoolRecorder(self, replica_spool, "_open_spool_file")
         self.data = random.Random(1).randbytes(5 * 1024 * 1024 + 123)
 
     def getfile(self, change: Change):
@@ -173,15 +98,8 @@ class SpooledDownloadTests(SynchronousTestCase):
     def test_large_body_round_trips(self):
         """A body of several MiB is downloaded into a spool file, whole, positioned at 0."""
         d, response = self.getfile(put_change(self.data))
-        sent = 0
-        for _ in range(len(self.data) // PIECE + 100):
-            if sent == len(self.data):
-                break
-            if response.transport.producerState == "paused":
-                self.pool.run()
-                continue
-            response.protocol.dataReceived(self.data[sent:sent + PIECE])
-            sent = min(sent + PIECE, len(self.data))
+        send_while_producing(response.protocol.dataReceived, self.data, PIECE,
+                             response.transport, self.pool)
         self.finish(response)
         spool = self.successResultOf(d)
         self.assertEqual(spool.tell(), 0)
@@ -271,7 +189,7 @@ class SpooledDownloadTests(SynchronousTestCase):
 
     def test_failed_write_stops_the_download(self):
         """A spool write that fails (disk full) drops the connection without reading the rest."""
-        self.spools = SpoolRecorder(self, fail_writes=True)
+        self.spools = SpoolRecorder(self, replica_spool, "_open_spool_file", fail_writes=True)
         d, response = self.getfile(put_change(self.data))
         self.send(response, self.data[:SPOOL_BLOCK])
         self.pool.run()
@@ -337,7 +255,7 @@ class RealThreadsTests(TestCase):
             ReplicationSource("hq", "HQ", f"http://127.0.0.1:{port.getHost().port}/", KEY),
             "media", reactor, spool_dir)
         self.addCleanup(client.close)
-        spools = SpoolRecorder(self)
+        spools = SpoolRecorder(self, replica_spool, "_open_spool_file")
         spool = await client.getfile(put_change(data))
         self.addCleanup(client.release, spool)
         self.assertEqual(spool.read(), data)

@@ -20,7 +20,8 @@ from zope.interface import implementer
 from owncdn.web import channel as channelmod
 from owncdn.web import site as sitemod
 from owncdn.web.site import SPOOL_READ_SIZE, SPOOL_THRESHOLD, IEarlyRefusal, OwnCDNSite
-from tests.util import logged_text
+from owncdn.testing import ThreadlessClock
+from tests.util import QueuedPool, logged_text
 
 LIMIT = 3 * 1024 * 1024
 TIMEOUT = 30
@@ -88,13 +89,16 @@ class TCPLikeTransport(StringTransport):
 
 class SiteTestMixin:
     def make_site(self, resource=None, max_upload_size=LIMIT, header_timeout=TIMEOUT):
-        self.clock = task.Clock()
+        self.clock = ThreadlessClock()
+        # The spool threads: their jobs run when a test says so.
+        self.pool = QueuedPool()
         self.spool = Path(self.mktemp()).absolute()
         self.spool.mkdir(parents=True)
         self.resource = resource if resource is not None else Recorder()
         self.site = OwnCDNSite(self.resource, spool_dir=self.spool,
                                max_upload_size=max_upload_size,
-                               header_timeout=header_timeout, reactor=self.clock)
+                               header_timeout=header_timeout, reactor=self.clock,
+                               spool_threads=self.pool)
         return self.site
 
     def connect(self):
@@ -127,6 +131,7 @@ class BodyTests(SiteTestMixin, SynchronousTestCase):
         channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]))
         for offset in range(0, len(body), 65536):
             channel.dataReceived(body[offset:offset + 65536])
+        self.pool.run()
         content, received = self.resource.bodies[0]
         self.assertNotIsInstance(content, BytesIO)
         location = self.resource.locations[0]
@@ -138,6 +143,7 @@ class BodyTests(SiteTestMixin, SynchronousTestCase):
         channel, transport = self.connect()
         body = os.urandom(SPOOL_THRESHOLD + 1)
         channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]) + body)
+        self.pool.run()
         content, received = self.resource.bodies[0]
         self.assertEqual(received, body)
         self.assertEqual(Path(content.name).parent, self.spool)
@@ -153,6 +159,7 @@ class BodyTests(SiteTestMixin, SynchronousTestCase):
         channel.dataReceived(head(b"PUT", headers=[b"Content-Length: %d" % len(body)]) + body[:1000])
         self.assertEqual(transport.bufferSize, SPOOL_READ_SIZE)
         channel.dataReceived(body[1000:])
+        self.pool.run()
         self.assertEqual(self.resource.bodies[0][1], body)
         self.assertEqual(transport.bufferSize, 65536)
         channel.dataReceived(head(b"PUT", headers=[b"Content-Length: 5"]) + b"small")
@@ -168,6 +175,7 @@ class BodyTests(SiteTestMixin, SynchronousTestCase):
         for offset in range(0, len(body), 100000):
             channel.dataReceived(chunk(body[offset:offset + 100000]))
         channel.dataReceived(b"0\r\n\r\n")
+        self.pool.run()
         content, received = self.resource.bodies[0]
         location = self.resource.locations[0]
         self.assertTrue(location.startswith(str(self.spool) + "/"), location)
@@ -339,6 +347,7 @@ class EarlyRefusalTests(SiteTestMixin, SynchronousTestCase):
         channel, transport = self.connect()
         body = os.urandom(SPOOL_THRESHOLD + 1)
         channel.dataReceived(head(b"PUT", b"/fine", headers=[b"Content-Length: %d" % len(body)]) + body)
+        self.pool.run()
         self.assertEqual(self.resource.asked, [(b"PUT", b"/fine", None)])
         self.assertEqual(self.resource.bodies[0][1], body)
         self.assertEqual(status_of(transport), b"HTTP/1.1 200 OK")

@@ -48,6 +48,8 @@ class WebFront:
         self.state = DaemonState(spool, self.config, self.registry)
         self.site = OwnCDNSite(Dispatcher(self.state), spool_dir=spool,
                                max_upload_size=max_upload_size, header_timeout=30)
+        # Its spool threads (if a body was spooled) stop once it has closed.
+        testcase.addCleanup(self.site.stop_spooling)
         for service in self.config.services:
             if service.type in ("api", "public"):
                 self.site.request_logs[service.id] = RequestLog()

@@ -13,6 +13,7 @@ resource that can refuse it from the head alone (L{IEarlyRefusal}: a
 badly signed 5 GB S3 upload is refused before its first byte is read).
 """
 
+import errno
 import json
 import tempfile
 import time
@@ -23,11 +24,13 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server
 from zope.interface import Interface
 
 from owncdn.config import DEFAULT_BODY_TIMEOUT
 from owncdn.s3.errors import new_request_id
+from owncdn.spool import SpoolDiscarded, Spooled
 from owncdn.web.channel import OwnCDNChannel
 from owncdn.web.reqlog import RequestLog
 
@@ -37,6 +40,9 @@ SPOOL_THRESHOLD = 1024 * 1024
 # reactor's time per GiB received.  The reactor handles one read at a
 # time, so this is at most one such buffer in memory.
 SPOOL_READ_SIZE = 1024 * 1024
+# Threads that create and write the spool files of request bodies (the
+# site's own pool, started with the first spooled body).
+SPOOL_THREADS = 2
 # How long a stopping daemon waits for requests in progress before it
 # cuts them off.
 DRAIN_TIMEOUT = 30.0
@@ -142,6 +148,58 @@ def spool_file(folder: Path):
     return tempfile.NamedTemporaryFile(dir=folder, prefix="upload-")
 
 
+def _spool_failed_response(is_s3: bool, error: BaseException) -> bytes:
+    """
+    The answer to a request whose body could not be written to the spool
+    folder: 507 when the disk (or the quota) is full, else 500.
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        status, code = b"507 Insufficient Storage", "InsufficientStorage"
+        message = "there is no room left on the server's disk for the body"
+    else:
+        status, code = b"500 Internal Server Error", "InternalError"
+        message = "the body could not be written to the server's disk"
+    extra = b""
+    if is_s3:
+        request_id = new_request_id().encode()
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>' + code.encode()
+            + b"</Code><Message>" + message.encode() + b"</Message>"
+            + b"<RequestId>" + request_id + b"</RequestId></Error>"
+        )
+        content_type = b"application/xml"
+        extra = b"x-amz-request-id: " + request_id + b"\r\n"
+    else:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        content_type = b"application/json"
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"Content-Type: " + content_type + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra +
+        b"Connection: close\r\n\r\n" + body
+    )
+
+
+class RequestSpool(Spooled):
+    """
+    A request body on its way into a spool file (L{spool_file}): the
+    request's C{content} while the body arrives.  The file is created
+    and written in the site's spool threads, never on the reactor, and
+    the connection is paused while the threads are behind
+    (L{owncdn.spool}); the request is processed once L{finish} has
+    written every byte, with the file as its C{content}.  Closing it (a
+    refused request, a client gone) discards the file.
+    """
+
+    def __init__(self, site: "OwnCDNSite", request: "OwnCDNRequest"):
+        folder = site.spool_dir
+        super().__init__(lambda: spool_file(folder), site.spool_threads(), site.reactor,
+                         request.channel.transport, request.spool_failed)
+
+    def close(self) -> None:
+        self.discard()
+
+
 class IEarlyRefusal(Interface):
     """
     A root resource that can refuse a request from its head alone.
@@ -228,7 +286,7 @@ class OwnCDNRequest(server.Request):
             if staged is not None:
                 self.content = staged
                 return
-        super().gotLength(length)
+        self.content = self.channel.site.getContentFile(length, self)
 
     def _staged_body(self, length: int):
         root = self.channel.site.resource
@@ -293,8 +351,20 @@ class OwnCDNRequest(server.Request):
             return
         if self.body_length > SPOOL_THRESHOLD and isinstance(self.content, BytesIO):
             # A chunked body that has outgrown memory.
-            self.content = site.spool(self.content)
+            self.content = site.spool(self.content, self)
         self.content.write(data)
+
+    def spool_failed(self, reason: Failure) -> None:
+        """
+        Writing the body to its spool file failed (the disk is full):
+        answer at once and close the connection without reading the
+        rest; the spool file is discarded.
+        """
+        if self.refused or self._disconnected:
+            return
+        log.failure("spooling a request body to {folder} failed", reason,
+                    folder=str(self.channel.site.spool_dir))
+        self._refuse(_spool_failed_response(is_s3_request(self), reason.value))
 
     def _refuse_too_large(self):
         self._refuse(_too_large_response(is_s3_request(self), self.channel.site.max_upload_size))
@@ -322,7 +392,30 @@ class OwnCDNRequest(server.Request):
             return
         if self._read_size_raised:
             self._set_read_size(None)
-        self.content.seek(0, 0)
+        content = self.content
+        if isinstance(content, RequestSpool):
+            # Processed once every byte is in the file (positioned at 0).
+            d = content.finish()
+            d.addCallbacks(self._spooled, self._spool_not_finished,
+                           callbackArgs=(command, path, version))
+            return
+        content.seek(0, 0)
+        self._received(command, path, version)
+
+    def _spooled(self, spooled, command, path, version) -> None:
+        if self.refused or self._disconnected:
+            # Its spool was closed meanwhile, which closes this file.
+            return
+        self.content = spooled
+        self._received(command, path, version)
+
+    def _spool_not_finished(self, reason: Failure) -> None:
+        # A discarded spool (the request refused, the client gone) needs
+        # nothing more.
+        if not reason.check(SpoolDiscarded):
+            self.spool_failed(reason)
+
+    def _received(self, command, path, version) -> None:
         self.method, self.uri, self.clientproto = command, path, version
         self.path, question, query = path.partition(b"?")
         self.args = parse_query(query) if question else {}
@@ -411,7 +504,8 @@ class OwnCDNSite(server.Site):
     protocol = OwnCDNChannel
 
     def __init__(self, resource, *, spool_dir: Path, max_upload_size: int,
-                 header_timeout: float, body_timeout: float = DEFAULT_BODY_TIMEOUT, reactor=None):
+                 header_timeout: float, body_timeout: float = DEFAULT_BODY_TIMEOUT, reactor=None,
+                 spool_threads: ThreadPool | None = None):
         # Bodies are never form-decoded: uploads are files.  Twisted's
         # idle timeout is what the channel cuts a stalled body with
         # (OwnCDNChannel._check_deadline); its own default is 12 hours.
@@ -424,6 +518,7 @@ class OwnCDNSite(server.Site):
         self.channels: set[OwnCDNChannel] = set()
         self.draining = False
         self._drained: list[defer.Deferred] = []
+        self._spool_threads = spool_threads
 
     def getResourceFor(self, request):
         # Twisted's Site.getResourceFor, without copy.copy of a list
@@ -432,26 +527,47 @@ class OwnCDNSite(server.Site):
         request.sitepath = request.prepath[:]
         return resource.getChildForRequest(self.resource, request)
 
-    def getContentFile(self, length: int | None):
+    def getContentFile(self, length: int | None, request: OwnCDNRequest):
         """
-        Where a request body goes: memory up to L{SPOOL_THRESHOLD}, else
-        an anonymous file in the spool folder of the data volume.  A
+        Where the body of C{request} goes: memory up to
+        L{SPOOL_THRESHOLD}, else a file in the spool folder of the data
+        volume, written in the spool threads (L{RequestSpool}).  A
         chunked body (length C{None}) starts in memory and moves to such
         a file once it grows past the threshold.
         """
         if length is None or length <= SPOOL_THRESHOLD:
             return BytesIO()
-        return spool_file(self.spool_dir)
+        return RequestSpool(self, request)
 
-    def spool(self, memory: BytesIO):
+    def spool(self, memory: BytesIO, request: OwnCDNRequest) -> RequestSpool:
         """
-        Move what C{memory} holds into a spool file, open at its end.
+        Move what C{memory} holds into the spool of C{request}; the rest
+        of the body follows it.
         """
-        spooled = spool_file(self.spool_dir)
-        with memory.getbuffer() as held:
-            spooled.write(held)
+        spooled = RequestSpool(self, request)
+        spooled.write(memory.getvalue())
         memory.close()
         return spooled
+
+    def spool_threads(self) -> ThreadPool:
+        """
+        The threads that write the spool files: the pool given to the
+        site, else its own, started now if it is not running.
+        """
+        if self._spool_threads is None:
+            self._spool_threads = ThreadPool(0, SPOOL_THREADS, "owncdn-spool")
+        if not self._spool_threads.started:
+            self._spool_threads.start()
+        return self._spool_threads
+
+    def stop_spooling(self) -> None:
+        """
+        Stop the spool threads once the work queued for them is done (the
+        discarding of the spools of requests just cut off): call it
+        after L{drain}.
+        """
+        if self._spool_threads is not None:
+            self._spool_threads.stop()
 
     def channel_closed(self, channel: OwnCDNChannel) -> None:
         self.channels.discard(channel)
