@@ -264,7 +264,8 @@ async def send_file(request, body, extra_headers: dict[bytes, bytes] | None = No
         put_headers(request, ((b"ETag", quoted_etag(info)),
                               (b"Last-Modified", http_date(info.modified)),
                               (b"Accept-Ranges", b"bytes")))
-        asked = dict(request.requestHeaders.getAllRawHeaders())
+        # Read only: the channel stores names in their canonical form.
+        asked = request.requestHeaders._rawHeaders
         status = _precondition_status(asked, request.method, info)
         if status is not None:
             request.setResponseCode(status)

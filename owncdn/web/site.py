@@ -35,6 +35,8 @@ from owncdn.web.channel import OwnCDNChannel
 from owncdn.web.reqlog import RequestLog
 
 SPOOL_THRESHOLD = 1024 * 1024
+# The byte value: `int in bytes` is cheaper than `bytes in bytes` on CPython 3.11.
+PERCENT = ord("%")
 # While a body bound for the spool file arrives, the connection reads
 # the socket this much at a time rather than Twisted's 64 KiB: half the
 # reactor's time per GiB received.  The reactor handles one read at a
@@ -428,7 +430,7 @@ class OwnCDNRequest(server.Request):
         put_headers(self, ((b"Server", server.version), (b"Date", http_date_now())))
         self.prepath = []
         segments = self.path[1:].split(b"/")
-        self.postpath = list(map(server.unquote, segments)) if b"%" in self.path else segments
+        self.postpath = list(map(server.unquote, segments)) if PERCENT in self.path else segments
         if self.path == b"*":
             self._handleStar()
             return
