@@ -29,7 +29,7 @@ from owncdn.s3.checksums import CheckedReader
 from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import MultipartStore
 from owncdn.s3.sigv4 import VerifiedRequest
-from owncdn.web.site import put_headers
+from owncdn.web.site import closing_response, put_headers
 
 # Service types that are web entry points, not buckets.
 NOT_BUCKETS = ("api", "public")
@@ -288,11 +288,9 @@ def s3_error_response(error: S3Error, request_id: str, resource: str) -> bytes:
     the connection closes after it.
     """
     body = error.to_xml(request_id, resource)
-    reason = http.RESPONSES.get(error.status, b"Error")
-    headers = {b"Content-Type": xml.CONTENT_TYPE, b"Content-Length": b"%d" % len(body),
-               b"x-amz-request-id": request_id.encode(), **error.headers, b"Connection": b"close"}
-    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers.items())
-    return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (error.status, reason, head, body)
+    status = b"%d %s" % (error.status, http.RESPONSES.get(error.status, b"Error"))
+    return closing_response(status, xml.CONTENT_TYPE, body,
+                            [(b"x-amz-request-id", request_id.encode()), *error.headers.items()])
 
 
 def decode_lenient(path: bytes) -> str:

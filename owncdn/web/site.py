@@ -17,6 +17,7 @@ import errno
 import json
 import tempfile
 import time
+from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -55,31 +56,43 @@ IDLE_CLOSE_GRACE = 2.0
 log = Logger()
 
 
-def _too_large_response(is_s3: bool, limit: int) -> bytes:
-    extra = b""
+def closing_response(status: bytes, content_type: bytes, body: bytes,
+                     headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """
+    A whole HTTP/1.1 response after which the connection closes, for
+    answering straight on the wire (C{status}: the code and its reason).
+    """
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
+            + b"\r\nContent-Length: %d\r\n" % len(body) + head + b"Connection: close\r\n\r\n" + body)
+
+
+def _error_response(status: bytes, is_s3: bool, s3_error: tuple[str, str, bytes],
+                    api_error: tuple[str, str]) -> bytes:
+    """
+    A refusal made by the site itself, in the request's mode: an S3
+    error document (code, message, extra elements) with its request ID,
+    or the standard mode's JSON error (code, message).
+    """
     if is_s3:
-        request_id = new_request_id().encode()
-        body = (
-            b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>EntityTooLarge</Code>'
-            b"<Message>Your proposed upload exceeds the maximum allowed size</Message>"
-            + f"<MaxSizeAllowed>{limit}</MaxSizeAllowed>".encode()
-            + b"<RequestId>" + request_id + b"</RequestId></Error>"
-        )
-        content_type = b"application/xml"
+        code, message, details = s3_error
         # Every S3 response carries a request ID, this one included.
-        extra = b"x-amz-request-id: " + request_id + b"\r\n"
-    else:
-        body = json.dumps({"error": {
-            "code": "TooLarge",
-            "message": f"the body is larger than the limit of {limit} bytes",
-        }}).encode()
-        content_type = b"application/json"
-    return (
-        b"HTTP/1.1 413 Request Entity Too Large\r\n"
-        b"Content-Type: " + content_type + b"\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra +
-        b"Connection: close\r\n\r\n" + body
-    )
+        request_id = new_request_id().encode()
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>' + code.encode()
+                + b"</Code><Message>" + message.encode() + b"</Message>" + details
+                + b"<RequestId>" + request_id + b"</RequestId></Error>")
+        return closing_response(status, b"application/xml", body, [(b"x-amz-request-id", request_id)])
+    code, message = api_error
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return closing_response(status, b"application/json", body)
+
+
+def _too_large_response(is_s3: bool, limit: int) -> bytes:
+    return _error_response(
+        b"413 Request Entity Too Large", is_s3,
+        ("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size",
+         f"<MaxSizeAllowed>{limit}</MaxSizeAllowed>".encode()),
+        ("TooLarge", f"the body is larger than the limit of {limit} bytes"))
 
 
 _date = [0, b""]
@@ -161,25 +174,7 @@ def _spool_failed_response(is_s3: bool, error: BaseException) -> bytes:
     else:
         status, code = b"500 Internal Server Error", "InternalError"
         message = "the body could not be written to the server's disk"
-    extra = b""
-    if is_s3:
-        request_id = new_request_id().encode()
-        body = (
-            b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>' + code.encode()
-            + b"</Code><Message>" + message.encode() + b"</Message>"
-            + b"<RequestId>" + request_id + b"</RequestId></Error>"
-        )
-        content_type = b"application/xml"
-        extra = b"x-amz-request-id: " + request_id + b"\r\n"
-    else:
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        content_type = b"application/json"
-    return (
-        b"HTTP/1.1 " + status + b"\r\n"
-        b"Content-Type: " + content_type + b"\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra +
-        b"Connection: close\r\n\r\n" + body
-    )
+    return _error_response(status, is_s3, (code, message, b""), (code, message))
 
 
 class RequestSpool(Spooled):
