@@ -28,7 +28,7 @@ from owncdn.config import ReplicationSource
 from owncdn.interfaces import Change
 from owncdn.replication import spool as replica_spool
 from owncdn.replication.source import CONNECT_SLACK, MEMORY_BODY, SourceClient, SyncError
-from owncdn.replication.spool import SPOOL_AHEAD, SPOOL_BLOCK
+from owncdn.spool import SPOOL_AHEAD, SPOOL_BLOCK
 from owncdn.testing import ThreadlessClock
 from tests.util import QueuedPool, SpoolRecorder, asynctest, send_while_producing
 

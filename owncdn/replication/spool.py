@@ -15,10 +15,6 @@ from twisted.python.threadpool import ThreadPool
 
 from owncdn import spool
 from owncdn.replication.errors import SyncError
-from owncdn.spool import SPOOL_AHEAD, SPOOL_BLOCK
-
-__all__ = ["SPOOL_AHEAD", "SPOOL_BLOCK", "Spooled"]
-
 
 def _open_spool_file(directory: Path) -> BinaryIO:
     # A file without a name (or one unlinked at once): nothing is left

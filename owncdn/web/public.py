@@ -13,11 +13,7 @@ from owncdn.services.memorycache import MemoryCache
 from owncdn.web.cors import answer_preflight
 from owncdn.web.fileresponse import send_file
 from owncdn.web.handler import AsyncResource
-
-# A one-byte search: "b'%' in raw" first tries the operand as an
-# integer, and on CPython 3.11 raising and clearing that TypeError costs
-# ten times the search itself.
-_PERCENT = ord("%")
+from owncdn.web.site import PERCENT
 
 
 def request_host(request) -> str:
@@ -81,7 +77,7 @@ class PublicBinding(AsyncResource):
         if not raw:
             raise errors.NoSuchFile("a public binding serves files, not folders")
         try:
-            path = (unquote_to_bytes(raw) if _PERCENT in raw else raw).decode("utf-8")
+            path = (unquote_to_bytes(raw) if PERCENT in raw else raw).decode("utf-8")
         except UnicodeDecodeError:
             raise errors.InvalidPath("the path is not valid UTF-8") from None
         if self.source_path:

@@ -29,7 +29,7 @@ from owncdn.s3.checksums import CheckedReader
 from owncdn.s3.errors import S3Error
 from owncdn.s3.multipart import MultipartStore
 from owncdn.s3.sigv4 import VerifiedRequest
-from owncdn.web.site import closing_response, put_headers
+from owncdn.web.site import PERCENT, closing_response, put_headers
 
 # Service types that are web entry points, not buckets.
 NOT_BUCKETS = ("api", "public")
@@ -73,7 +73,7 @@ def decode(raw: bytes, what: str) -> str:
     A percent-encoded UTF-8 name from the request target.
     """
     try:
-        return (unquote_to_bytes(raw) if b"%" in raw else raw).decode("utf-8")
+        return (unquote_to_bytes(raw) if PERCENT in raw else raw).decode("utf-8")
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", f"The {what} is not valid UTF-8.") from None
 

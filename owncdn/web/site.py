@@ -36,7 +36,9 @@ from owncdn.web.channel import OwnCDNChannel
 from owncdn.web.reqlog import RequestLog
 
 SPOOL_THRESHOLD = 1024 * 1024
-# The byte value: `int in bytes` is cheaper than `bytes in bytes` on CPython 3.11.
+# '%' as a byte value, for "PERCENT in raw": "b'%' in raw" first tries
+# its operand as an integer, and on CPython 3.11 raising and clearing
+# that TypeError costs ten times the search itself.
 PERCENT = ord("%")
 # While a body bound for the spool file arrives, the connection reads
 # the socket this much at a time rather than Twisted's 64 KiB: half the
