@@ -154,6 +154,8 @@ class DocumentTests(SynchronousTestCase):
                    if isinstance(cls, type) and issubclass(cls, errors.OwnCDNError)
                    and cls is not errors.OwnCDNError}
         defined["InternalError"] = 500
+        # Answered by the site itself when a body cannot be spooled.
+        defined["InsufficientStorage"] = 507
         self.assertEqual(documented, defined)
 
     def test_json_bodies_are_closed(self):
